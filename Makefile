@@ -1,0 +1,41 @@
+# Set-up and everyday targets. `make e2e` and `make test` are the README's two set-up commands:
+# each creates .venv on first use, installing torch's CPU wheel before anything else.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export GRADIO_ANALYTICS_ENABLED ?= False
+
+.PHONY: install e2e smoke test test-all quality format clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[train,space,dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+e2e: install  ## the embedded end-to-end job (no download); prints the results table
+	$(PY) recipes/run_embedded.py
+
+smoke: install  ## the same job on a very small corpus, in a couple of minutes
+	$(PY) recipes/run_embedded.py --smoke
+
+test: install  ## the test suite CI runs (slow tests excluded)
+	$(PY) -m pytest -q
+
+test-all: install
+	$(PY) -m pytest -q -m ""
+
+quality: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf outputs

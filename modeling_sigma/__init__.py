@@ -1,0 +1,1 @@
+"""SIGMA: generative text-to-image retrieval with hierarchical identifiers."""
