@@ -1,0 +1,447 @@
+# Copyright 2026 The SIGMA release team. Licensed under the Apache License, Version 2.0.
+"""SIGMA retrieval model: a Qwen2.5-VL backbone that writes image identifiers under a trie constraint, and the
+similarity head of the retrieval-alignment stage (paper section 3.2.3, eqs. 8-12)."""
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import LogitsProcessorList, PreTrainedModel
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
+from transformers.utils import ModelOutput, cached_file
+
+from .configuration_sigma import SigmaConfig
+from .trie import SigmaIdentifierTrie, SigmaTrieLogitsProcessor
+
+logger = logging.getLogger(__name__)
+
+INDEX_TENSORS_NAME = "sigma_index.pt"
+INDEX_METADATA_NAME = "sigma_index.json"
+
+
+@dataclass
+class SigmaRetrievalOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `(1,)`, *optional*):
+        `gen_loss + lambda_ssp * similarity_loss` (just `gen_loss` without similarity labels or with `lambda_ssp=0`).
+    logits (`torch.FloatTensor` of shape `(batch, seq, vocab)`):
+        Language-model logits.
+    similarity (`torch.FloatTensor` of shape `(batch,)`, *optional*):
+        Similarity-head output in `[0, 1]`, from the mean last-layer state of the identifier tokens of each row.
+    gen_loss (`torch.FloatTensor`, *optional*):
+        Autoregressive cross-entropy on `labels` (eq. 10).
+    similarity_loss (`torch.FloatTensor`, *optional*):
+        MSE between `similarity` and `similarity_labels` over rows that hold identifier tokens (eq. 11).
+    past_key_values (`Cache`, *optional*):
+        Key/value cache of the backbone.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    similarity: torch.FloatTensor | None = None
+    gen_loss: torch.FloatTensor | None = None
+    similarity_loss: torch.FloatTensor | None = None
+    past_key_values: object | None = None
+
+
+class SigmaSimilarityHead(nn.Module):
+    """Three-layer MLP + sigmoid on the pooled identifier hidden state (eq. 9)."""
+
+    def __init__(self, hidden_size: int, inner_size: int):
+        super().__init__()
+        self.dense_in = nn.Linear(hidden_size, inner_size)
+        self.dense_hidden = nn.Linear(inner_size, inner_size)
+        self.dense_out = nn.Linear(inner_size, 1)
+        self.activation = nn.GELU()
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        hidden = self.activation(self.dense_in(pooled))  # (batch, inner)
+        hidden = self.activation(self.dense_hidden(hidden))  # (batch, inner)
+        return torch.sigmoid(self.dense_out(hidden)).squeeze(-1)  # (batch,)
+
+
+class SigmaPreTrainedModel(PreTrainedModel):
+    config_class = SigmaConfig
+    config: SigmaConfig
+    base_model_prefix = "sigma"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module):
+        if isinstance(module, SigmaSimilarityHead):
+            std = self.config.backbone_config.text_config.initializer_range
+            for linear in (module.dense_in, module.dense_hidden, module.dense_out):
+                nn.init.normal_(linear.weight, mean=0.0, std=std)
+                nn.init.zeros_(linear.bias)
+
+
+class SigmaForRetrieval(SigmaPreTrainedModel):
+    r"""
+    Generative text-to-image retriever: the backbone writes an identifier token by token (restricted by a trie of
+    the indexed identifiers); the similarity head scores the query against the written identifier.
+
+    Args:
+        config (`SigmaConfig`): model configuration.
+        backbone (`Qwen2_5_VLForConditionalGeneration`, *optional*): an already built or loaded backbone.
+    """
+
+    def __init__(self, config: SigmaConfig, backbone: Qwen2_5_VLForConditionalGeneration | None = None):
+        super().__init__(config)
+        # the setter propagates the checked implementation to the backbone's (and its sub-)configs
+        config._attn_implementation = config._attn_implementation
+        self.backbone = (
+            backbone if backbone is not None else Qwen2_5_VLForConditionalGeneration(config.backbone_config)
+        )
+        hidden_size = config.backbone_config.text_config.hidden_size
+        self.similarity_head = SigmaSimilarityHead(hidden_size, config.similarity_hidden_size)
+        self.processor = None
+        self.trie: SigmaIdentifierTrie | None = None
+        self.codebook_codes: torch.Tensor | None = None
+        self.image_ids: list[str] = []
+        self._codebook_keys: torch.Tensor | None = None
+        self._codebook_order: torch.Tensor | None = None
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.backbone.set_input_embeddings(value)
+
+    # ----------------------------------------------------------------- forward
+    def identifier_mask(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Boolean `(batch, seq)`: identifier tokens (id in the identifier range) that are not padding."""
+        first, end = self.config.identifier_token_range
+        mask = (input_ids >= first) & (input_ids < end)
+        return mask if attention_mask is None else mask & attention_mask.bool()
+
+    def pool_identifier_states(self, hidden_states, input_ids, attention_mask=None) -> torch.Tensor:
+        """Mean last-layer state over identifier tokens (eq. 8); zeros for rows without identifier tokens."""
+        mask = self.identifier_mask(input_ids, attention_mask).to(hidden_states.dtype)  # (batch, seq)
+        summed = torch.einsum("bs,bsd->bd", mask, hidden_states)  # (batch, dim)
+        return summed / mask.sum(dim=-1, keepdim=True).clamp(min=1)  # (batch, dim)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        similarity_labels: torch.FloatTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        mm_token_type_ids: torch.IntTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> SigmaRetrievalOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch, seq)`, *optional*):
+            Language-modelling targets (`-100` is ignored); shifted inside the loss like any causal LM.
+        similarity_labels (`torch.FloatTensor` of shape `(batch,)`, *optional*):
+            Teacher similarity scores in `[0, 1]` (semantic soft labels, eq. 7); `NaN` rows are ignored.
+        """
+        if pixel_values is not None and mm_token_type_ids is None and input_ids is not None:
+            image_token_id = self.config.backbone_config.image_token_id
+            mm_token_type_ids = (input_ids == image_token_id).int()  # (batch, seq)
+        if (
+            position_ids is None
+            and pixel_values is None
+            and attention_mask is not None
+            and past_key_values is None
+        ):
+            # text only: positions follow the attention mask so left and right padding give the same states
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (batch, seq)
+        outputs = self.backbone.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values=pixel_values,
+            image_grid_thw=image_grid_thw,
+            position_ids=position_ids,
+            mm_token_type_ids=mm_token_type_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state  # (batch, seq, dim)
+        logits = self.backbone.lm_head(hidden_states)  # (batch, seq, vocab)
+        gen_loss = None
+        if labels is not None:
+            vocab_size = self.config.backbone_config.text_config.vocab_size
+            gen_loss = self.backbone.loss_function(logits=logits, labels=labels, vocab_size=vocab_size)
+        similarity = similarity_loss = None
+        if input_ids is not None:
+            pooled = self.pool_identifier_states(hidden_states, input_ids, attention_mask)  # (batch, dim)
+            similarity = self.similarity_head(pooled)  # (batch,)
+            if similarity_labels is not None:
+                similarity_loss = self._similarity_loss(
+                    similarity, similarity_labels, input_ids, attention_mask
+                )
+        loss = self._joint_loss(gen_loss, similarity_loss)
+        return SigmaRetrievalOutput(
+            loss=loss,
+            logits=logits,
+            similarity=similarity,
+            gen_loss=gen_loss,
+            similarity_loss=similarity_loss,
+            past_key_values=outputs.past_key_values,
+        )
+
+    def _similarity_loss(self, similarity, similarity_labels, input_ids, attention_mask):
+        targets = similarity_labels.to(similarity.dtype).view(-1)  # (batch,)
+        rows = self.identifier_mask(input_ids, attention_mask).any(dim=-1) & ~torch.isnan(targets)
+        if not rows.any():
+            return None
+        return nn.functional.mse_loss(similarity[rows], targets[rows])
+
+    def _joint_loss(self, gen_loss, similarity_loss):
+        if similarity_loss is None or self.config.lambda_ssp == 0:
+            return gen_loss
+        weighted = self.config.lambda_ssp * similarity_loss
+        return weighted if gen_loss is None else gen_loss + weighted
+
+    # ------------------------------------------------------------------ index
+    def set_index(self, codes: torch.Tensor, image_ids: list[str] | None = None) -> None:
+        """Install the codebook: identifier codes `(num_images, length)` and the aligned image ids."""
+        layout = self.config.layout
+        codes = torch.as_tensor(codes, dtype=torch.long)
+        image_ids = [str(image_id) for image_id in image_ids] if image_ids is not None else None
+        image_ids = image_ids if image_ids is not None else [str(i) for i in range(codes.shape[0])]
+        if codes.dim() != 2 or codes.shape[0] != len(image_ids):
+            raise ValueError(
+                f"codes {tuple(codes.shape)} must be (len(image_ids)={len(image_ids)}, {layout.length})"
+            )
+        if len(set(image_ids)) != len(image_ids):
+            raise ValueError("image_ids must be unique")
+        trie = SigmaIdentifierTrie.from_codes(codes, layout.sizes)
+        if len(trie) != codes.shape[0]:
+            raise ValueError("two images share one identifier; identifiers must be unique (check the suffix)")
+        keys = trie._prefix_keys(codes)[-1]
+        self._codebook_keys, self._codebook_order = torch.sort(keys)
+        self.trie, self.codebook_codes, self.image_ids = trie, codes, image_ids
+
+    def _require_index(self) -> SigmaIdentifierTrie:
+        if self.trie is None or len(self.trie) == 0:
+            raise ValueError("no identifier index installed: call `model.set_index(codes, image_ids)` first")
+        return self.trie
+
+    def lookup_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Row index into `image_ids` for each identifier row, `-1` where the identifier is not indexed."""
+        trie = self._require_index()
+        codes = torch.as_tensor(codes, dtype=torch.long)
+        found = trie.contains(codes)
+        safe = torch.where(found[:, None], codes, torch.zeros_like(codes))
+        keys = trie._prefix_keys(safe)[-1]
+        position = torch.searchsorted(self._codebook_keys, keys).clamp(max=len(self._codebook_keys) - 1)
+        return torch.where(found, self._codebook_order[position], torch.full_like(position, -1))
+
+    def identifier_to_image_id(self, identifier: str) -> str:
+        """Image id of an identifier string such as `<id1_3><id2_0>…`; `KeyError` if it is not indexed."""
+        codes = self.config.layout.string_to_codes(identifier)  # ValueError when malformed
+        row = int(self.lookup_codes(torch.tensor([codes]))[0])
+        if row < 0:
+            raise KeyError(f"identifier {identifier!r} is not in the codebook ({len(self.image_ids)} images)")
+        return self.image_ids[row]
+
+    def _index_state(self) -> tuple[dict, dict]:
+        tensors = {f"trie.{name}": tensor for name, tensor in self.trie.state_dict().items()}
+        tensors["codebook.codes"] = self.codebook_codes.contiguous()
+        return tensors, {"image_ids": self.image_ids, "identifier_layout": self.config.identifier_layout}
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save weights and config, the index (`sigma_index.pt` + `.json`) and the attached processor."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.trie is not None:
+            tensors, metadata = self._index_state()
+            torch.save(tensors, os.path.join(save_directory, INDEX_TENSORS_NAME))
+            with open(os.path.join(save_directory, INDEX_METADATA_NAME), "w") as handle:
+                json.dump(metadata, handle)
+        if self.processor is not None:
+            self.processor.save_pretrained(save_directory)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Load the model, then its index and processor when the checkpoint holds them."""
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        path = str(pretrained_model_name_or_path)
+        options = {
+            k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs
+        }
+        model._load_index(path, options)
+        model._load_processor(path, options)
+        return model
+
+    def _load_index(self, path: str, options: dict) -> None:
+        found = {
+            name: cached_file(path, name, _raise_exceptions_for_missing_entries=False, **options)
+            for name in (INDEX_TENSORS_NAME, INDEX_METADATA_NAME)
+        }
+        if None in found.values():
+            logger.info("no identifier index in %s; call set_index before retrieve", path)
+            return
+        tensors = torch.load(found[INDEX_TENSORS_NAME], weights_only=True)
+        with open(found[INDEX_METADATA_NAME]) as handle:
+            metadata = json.load(handle)
+        self.set_index(tensors["codebook.codes"], metadata["image_ids"])
+
+    def _load_processor(self, path: str, options: dict) -> None:
+        from .processing_sigma import SigmaProcessor
+
+        try:
+            self.processor = SigmaProcessor.from_pretrained(path, **options)
+        except (OSError, ValueError, TypeError) as error:
+            logger.info("no SIGMA processor loaded from %s (%s); pass one to retrieve", path, error)
+
+    # ------------------------------------------------------------- generation
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        prefix_allowed_tokens_fn=None,
+        use_trie: bool = True,
+        logits_processor: LogitsProcessorList | None = None,
+        **kwargs,
+    ):
+        """Backbone `generate` constrained to indexed identifiers (`SigmaTrieLogitsProcessor`) by default.
+
+        Pass `prefix_allowed_tokens_fn` to use transformers' `PrefixConstrainedLogitsProcessor` instead, or
+        `use_trie=False` for free generation (e.g. stage-2 descriptions). Inputs must be left-padded.
+        """
+        if input_ids is None:
+            raise ValueError(
+                "generate needs input_ids (use the processor's process_queries / process_images)"
+            )
+        kwargs.setdefault("eos_token_id", self.config.eos_token_id)
+        kwargs.setdefault("pad_token_id", self.config.pad_token_id)
+        kwargs.setdefault("do_sample", False)
+        processors = LogitsProcessorList(logits_processor or [])
+        if use_trie and prefix_allowed_tokens_fn is None:
+            kwargs.setdefault("max_new_tokens", self.config.layout.length + 1)
+            processors.append(
+                SigmaTrieLogitsProcessor(
+                    self._require_index(),
+                    self.config.identifier_token_offsets,
+                    prompt_length=input_ids.shape[1],
+                    eos_token_id=kwargs["eos_token_id"],
+                    num_beams=kwargs.get("num_beams", 1),
+                )
+            )
+        return self.backbone.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            logits_processor=processors,
+            prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
+            **kwargs,
+        )
+
+    # -------------------------------------------------------------- retrieval
+    @torch.no_grad()
+    def retrieve(
+        self,
+        queries: list[str],
+        k: int = 10,
+        num_beams: int | None = None,
+        batch_size: int = 32,
+        processor=None,
+    ) -> list[list[dict]]:
+        """Top-`k` distinct indexed images per text query, best beam first.
+
+        Args:
+            queries (`list[str]`): non-empty text queries (at most `config.max_query_length` prompt tokens).
+            k (`int`, *optional*, defaults to 10): images per query. A `k` above the number of indexed images is
+                clamped to that number with a warning.
+            num_beams (`int`, *optional*): beam width, at least `k`; defaults to `max(config.num_beams, k)`.
+            batch_size (`int`, *optional*, defaults to 32): queries per `generate` call.
+            processor (`SigmaProcessor`, *optional*): defaults to the processor loaded with the model.
+
+        Returns:
+            One list per query of `{"image_id", "identifier", "score", "similarity"}` dicts: `score` is the beam
+            log-probability, `similarity` the similarity head's score of the query with that identifier.
+        """
+        processor = processor if processor is not None else self.processor
+        if processor is None:
+            raise ValueError(
+                "retrieve needs a processor: pass `processor=` or load a checkpoint that has one"
+            )
+        if isinstance(queries, str) or not isinstance(queries, (list, tuple)) or not queries:
+            raise ValueError("queries must be a non-empty list of strings")
+        size = len(self._require_index())
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        if k > size:
+            logger.warning("k=%d is larger than the %d indexed images; returning %d per query", k, size, size)
+            k = size
+        if num_beams is not None and num_beams < k:
+            raise ValueError(f"num_beams={num_beams} must be >= k={k}")
+        num_beams = num_beams or max(self.config.num_beams, k)
+        results = []
+        for start in range(0, len(queries), batch_size):
+            results.extend(
+                self._retrieve_batch(list(queries[start : start + batch_size]), k, num_beams, processor)
+            )
+        return results
+
+    def _retrieve_batch(self, queries, k, num_beams, processor) -> list[list[dict]]:
+        inputs = processor.process_queries(queries, prompt=self.config.retrieval_prompt)
+        lengths = inputs["attention_mask"].sum(dim=-1)  # (batch,)
+        if (lengths > self.config.max_query_length).any():
+            index = int(torch.nonzero(lengths > self.config.max_query_length)[0])
+            raise ValueError(
+                f"query {index} is {int(lengths[index])} prompt tokens, more than "
+                f"max_query_length={self.config.max_query_length}"
+            )
+        input_ids = inputs["input_ids"].to(self.device)  # (batch, prompt)
+        attention_mask = inputs["attention_mask"].to(self.device)  # (batch, prompt)
+        output = self.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            num_beams=num_beams,
+            num_return_sequences=num_beams,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+        length, prompt_length = self.config.layout.length, input_ids.shape[1]
+        sequences = output.sequences.view(len(queries), num_beams, -1)[:, :k]  # (batch, k, total)
+        scores = output.sequences_scores.view(len(queries), num_beams)[:, :k]  # (batch, k)
+        offsets = torch.tensor(self.config.identifier_token_offsets, device=sequences.device)
+        codes = (sequences[..., prompt_length : prompt_length + length] - offsets).cpu()  # (batch, k, length)
+        rows = self.lookup_codes(codes.reshape(-1, length)).view(len(queries), k)  # (batch, k)
+        similarity = self._score_sequences(sequences, attention_mask, prompt_length + length)  # (batch, k)
+        return [self._format_hits(codes[i], rows[i], scores[i], similarity[i]) for i in range(len(queries))]
+
+    def _score_sequences(self, sequences, prompt_mask, end: int) -> torch.Tensor:
+        """Similarity head on `query + identifier` for every returned beam."""
+        batch, k, _ = sequences.shape
+        flat = sequences[..., :end].reshape(batch * k, end)  # (batch * k, end)
+        mask = torch.cat(
+            [prompt_mask, torch.ones_like(prompt_mask[:, :1]).expand(-1, end - prompt_mask.shape[1])], 1
+        )
+        mask = mask.repeat_interleave(k, dim=0)  # (batch * k, end)
+        return self(input_ids=flat, attention_mask=mask).similarity.view(batch, k).float().cpu()
+
+    def _format_hits(self, codes, rows, scores, similarity) -> list[dict]:
+        layout = self.config.layout
+        return [
+            {
+                "image_id": self.image_ids[int(row)],
+                "identifier": layout.codes_to_string(code.tolist()),
+                "score": float(score),
+                "similarity": float(sim),
+            }
+            for code, row, score, sim in zip(codes, rows, scores, similarity)
+            if int(row) >= 0
+        ]
+
+
+SigmaForRetrieval.register_for_auto_class("AutoModel")
+
+__all__ = ["SigmaForRetrieval", "SigmaPreTrainedModel", "SigmaRetrievalOutput", "SigmaSimilarityHead"]
