@@ -12,6 +12,10 @@ _LAZY_EXPORTS = {
     "SigmaIdentifierTrie": "trie",
     "SigmaTrieLogitsProcessor": "trie",
     "build_sigma_model": "embedded_backbone",
+    "SigmaIdentifierLayout": "identifier_tokens",
+    "SigmaIdentifierBuilder": "stage0_identifiers",
+    "SigmaIdentifierBuilderConfig": "stage0_identifiers",
+    "load_codebook": "stage0_identifiers",
 }
 
 

@@ -1,0 +1,127 @@
+"""Stage 0: corpus → frozen-encoder features → hierarchical identifiers → codebook folder.
+
+    python recipes/stage0.py --config recipes/configs/tiny-shapes.yaml
+    python recipes/stage0.py --config recipes/configs/tiny-shapes.yaml --k1 16 --output_dir outputs/k16
+
+The YAML holds one section per stage; this recipe reads `stage0:`. Flags override the YAML, and unknown
+keys or flags are an error. The output folder (see `modeling_sigma/stage0_storage.py`) holds the codebook
+dataset, the quantizer and `stage0_config.json` with the statistics printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import yaml
+from transformers import HfArgumentParser
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from modeling_sigma.corpus import COLOURS, EMBEDDED_CORPUS_NAME, SHAPES, get_split, load_corpus  # noqa: E402
+from modeling_sigma.encoders import encode_split, load_encoder  # noqa: E402
+from modeling_sigma.stage0_identifiers import SigmaIdentifierBuilder, SigmaIdentifierBuilderConfig  # noqa: E402
+
+SECTION = "stage0"
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Stage0Arguments:
+    """Data and output settings of stage 0 (the identifier settings are `SigmaIdentifierBuilderConfig`)."""
+
+    corpus: str = field(default=EMBEDDED_CORPUS_NAME, metadata={"help": "load_corpus name, folder or Hub id"})
+    encoder: str = field(default="tiny-clip", metadata={"help": "load_encoder name or path (frozen)"})
+    cache_dir: str = field(default="outputs/cache", metadata={"help": "corpus, encoder and feature cache"})
+    fit_splits: list[str] = field(
+        default_factory=lambda: ["train", "test"], metadata={"help": "indexed at fit"}
+    )
+    assign_splits: list[str] = field(
+        default_factory=list, metadata={"help": "added afterwards with assign()"}
+    )
+    output_dir: str = field(default="outputs/tiny-shapes/stage0", metadata={"help": "stage-0 folder"})
+    push_to_hub: bool = field(default=False, metadata={"help": "upload the folder to hub_repo_id"})
+    hub_repo_id: str | None = field(default=None, metadata={"help": "Hub dataset repo for push_to_hub"})
+
+
+def make_parser() -> HfArgumentParser:
+    return HfArgumentParser((Stage0Arguments, SigmaIdentifierBuilderConfig))
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Stage0Arguments, SigmaIdentifierBuilderConfig]:
+    """`--config file.yaml` (its `stage0:` section) gives defaults; other flags override them."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, remaining = pre.parse_known_args(argv)
+    parser = make_parser()
+    if known.config:
+        with open(known.config) as stream:
+            section = (yaml.safe_load(stream) or {}).get(SECTION) or {}
+        valid = {f.name for dataclass_type in parser.dataclass_types for f in fields(dataclass_type)}
+        unknown = sorted(set(section) - valid)
+        if unknown:
+            raise ValueError(f"{known.config}: unknown keys in section '{SECTION}': {unknown}")
+        parser.set_defaults(**section)
+    script_args, builder_config = parser.parse_args_into_dataclasses(args=remaining)
+    return script_args, builder_config
+
+
+def caption_attributes(captions: list[list[str]]) -> list[set[str]]:
+    """Shape and colour words named in an image's captions (TinyShapes), for the coherence statistic."""
+    vocabulary = set(SHAPES) | set(COLOURS)
+    return [
+        {word for caption in image for word in caption.lower().split() if word in vocabulary}
+        for image in captions
+    ]
+
+
+def split_features(script_args: Stage0Arguments, corpus, encoder, splits: list[str]):
+    """Stacked features, image ids and captions of several splits."""
+    features, image_ids, captions = [], [], []
+    for split in splits:
+        dataset = get_split(corpus, split)
+        features.append(
+            encode_split(encoder, dataset, script_args.corpus, split, cache_dir=script_args.cache_dir)
+        )
+        image_ids.extend(dataset["image_id"])
+        captions.extend(dataset["captions"])
+    return np.concatenate(features), image_ids, captions
+
+
+def main(script_args: Stage0Arguments, builder_config: SigmaIdentifierBuilderConfig) -> dict:
+    # ----- data and features -----
+    corpus = load_corpus(script_args.corpus, cache_dir=script_args.cache_dir)
+    encoder = load_encoder(script_args.encoder)
+    features, image_ids, captions = split_features(script_args, corpus, encoder, script_args.fit_splits)
+    print(
+        f"encoded {len(image_ids)} images from {script_args.fit_splits} with {encoder.name}: {features.shape}"
+    )
+
+    # ----- identifiers -----
+    attributes = caption_attributes(captions) if script_args.corpus == EMBEDDED_CORPUS_NAME else None
+    builder = SigmaIdentifierBuilder(builder_config)
+    builder.fit(features, image_ids, attributes=attributes)
+    if script_args.assign_splits:
+        new_features, new_ids, _ = split_features(script_args, corpus, encoder, script_args.assign_splits)
+        builder.assign(new_features, new_ids)
+
+    # ----- save / push -----
+    builder.save(script_args.output_dir)
+    statistics = builder.statistics()
+    print(json.dumps(statistics, indent=2))
+    print(f"stage-0 folder: {script_args.output_dir}")
+    if script_args.push_to_hub:
+        if not script_args.hub_repo_id:
+            raise ValueError("--push_to_hub needs --hub_repo_id")
+        builder.push_to_hub(script_args.hub_repo_id)
+    return statistics
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    main(*parse_args())
