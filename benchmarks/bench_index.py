@@ -1,0 +1,56 @@
+"""Throughput of open-set indexing: images per second of `SigmaImageIndex.add` (generate mode) on CPU.
+
+    python benchmarks/bench_index.py --num-images 256 --rounds 3 --threads 1
+
+Builds the embedded tiny SIGMA model with the default identifier layout (64/32/16/32/64), renders `num_images`
+TinyShapes images, and times `index.add(...)` in batches (then removes them and repeats): image loading, processing, constrained generation of
+levels 1..L-1, fresh suffixes and the update of the model's trie. Target: >= 100 images/s. The untrained
+model writes few distinct prefixes, so far more than 256 images in one round run out of suffixes (64).
+One thread is fastest on a loaded 2-core machine (two threads were 5x slower there).
+"""
+
+import argparse
+import time
+
+import torch
+
+from modeling_sigma.corpus import TinyShapesConfig, generate_tiny_shapes
+from modeling_sigma.embedded_backbone import build_sigma_model
+from modeling_sigma.identifier_tokens import SigmaIdentifierLayout
+from modeling_sigma.index import SigmaImageIndex
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num-images", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3, help="add all images, remove them, repeat")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--add-size", type=int, default=128, help="images per index.add call")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model, _ = build_sigma_model("embedded", SigmaIdentifierLayout())
+    model.eval()
+    corpus = generate_tiny_shapes(TinyShapesConfig(num_train=1, num_test=args.num_images, num_unseen=1))
+    images, image_ids = corpus["test"]["image"], corpus["test"]["image_id"]
+    index = SigmaImageIndex.from_model(model)
+    index.add(images[:8], [f"warmup-{i}" for i in range(8)], model=model, batch_size=args.batch_size)
+    elapsed = cpu = 0.0
+    for _ in range(args.rounds):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        for first in range(0, len(images), args.add_size):
+            chunk = slice(first, first + args.add_size)
+            index.add(images[chunk], image_ids[chunk], model=model, batch_size=args.batch_size)
+        elapsed, cpu = elapsed + time.perf_counter() - start, cpu + time.process_time() - cpu_start
+        distinct = len(set(map(tuple, index.codes[:, :-1].tolist())))
+        index.remove(image_ids, model=model)
+    total = args.rounds * len(images)
+    print(f"indexed {total} images in {elapsed:.2f} s: {total / elapsed:.1f} images/s")
+    # on a shared machine wall time depends on the load; CPU time per image does not (much)
+    print(f"CPU time {cpu:.2f} s over {args.threads} threads: {total / cpu:.1f} images per CPU-second")
+    print(f"{len(images)} images per round got {distinct} distinct prefixes")
+
+
+if __name__ == "__main__":
+    main()

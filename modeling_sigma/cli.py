@@ -1,0 +1,211 @@
+# Copyright 2026 The SIGMA release team. Licensed under the Apache License, Version 2.0.
+"""The `sigma` command: search, open-set indexing and evaluation from the shell.
+
+    sigma search "a red circle" --model DIR [--index DIR] -k 10 [--rerank]
+    sigma index add IMAGES... --model DIR --index DIR [--mode generate|quantizer]
+    sigma index remove IDS... --model DIR --index DIR
+    sigma index info --index DIR
+    sigma eval --model DIR --split test [--corpus tiny-shapes] [--index DIR] [-k 1 5 10]
+
+Heavy imports happen inside the commands so that `--help` is instant. Errors in the input (unknown ids, an
+unreadable image, an index built for another model) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="sigma", description="SIGMA generative text-to-image retrieval.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    search = commands.add_parser("search", help="retrieve images for text queries")
+    search.add_argument("queries", nargs="+", help="one or more text queries")
+    _add_model_and_index(search, index_required=False)
+    search.add_argument("-k", type=int, default=10, help="images per query")
+    search.add_argument("--num-beams", type=int, default=None, help="beam width (default: model config)")
+    search.add_argument("--rerank", action="store_true", help="rescore beams with the similarity head")
+    search.add_argument("--rerank-weight", type=float, default=1.0, help="w in score + w * log(similarity)")
+    search.add_argument("--json", action="store_true", help="print the hits as JSON")
+    search.set_defaults(handler=run_search)
+
+    index = commands.add_parser("index", help="add, remove or describe images of an index folder")
+    index_commands = index.add_subparsers(dest="index_command", required=True)
+    add = index_commands.add_parser("add", help="index new images (the folder is created if missing)")
+    add.add_argument("images", nargs="+", help="image files, or folders of image files")
+    _add_model_and_index(add, index_required=True)
+    add.add_argument("--ids", nargs="+", default=None, help="image ids (default: file names without suffix)")
+    add.add_argument("--mode", choices=("generate", "quantizer"), default="generate")
+    add.add_argument("--quantizer", default=None, help="stage-0 folder (mode quantizer)")
+    add.add_argument("--encoder", default="tiny-clip", help="stage-0 encoder name or path (mode quantizer)")
+    add.add_argument("--batch-size", type=int, default=64)
+    add.set_defaults(handler=run_index_add)
+    remove = index_commands.add_parser("remove", help="remove images by id")
+    remove.add_argument("ids", nargs="+", help="image ids to remove")
+    _add_model_and_index(remove, index_required=True)
+    remove.set_defaults(handler=run_index_remove)
+    info = index_commands.add_parser("info", help="size and layout of an index folder")
+    info.add_argument("--index", required=True, help="index folder")
+    info.set_defaults(handler=run_index_info)
+
+    evaluate = commands.add_parser("eval", help="Recall@K of the model on a corpus split")
+    _add_model_and_index(evaluate, index_required=False)
+    evaluate.add_argument("--corpus", default="tiny-shapes", help="load_corpus name or folder")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("-k", type=int, nargs="+", default=[1, 5, 10], help="the K of Recall@K")
+    evaluate.add_argument("--max-queries", type=int, default=None, help="evaluate the first N captions only")
+    evaluate.set_defaults(handler=run_eval)
+    return parser
+
+
+def _add_model_and_index(parser: argparse.ArgumentParser, index_required: bool) -> None:
+    parser.add_argument("--model", required=True, help="SIGMA checkpoint folder")
+    index_help = "index folder" if index_required else "index folder (default: the model's own index)"
+    parser.add_argument("--index", required=index_required, default=None, help=index_help)
+
+
+# ------------------------------------------------------------------------------------------ commands
+def run_search(args: argparse.Namespace) -> None:
+    model = _load_model(args.model)
+    index = _open_index(args.index, model, must_exist=True)
+    results = index.search(
+        model, args.queries, k=args.k, rerank=args.rerank, rerank_weight=args.rerank_weight,
+        num_beams=args.num_beams,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps([{"query": q, "hits": hits} for q, hits in zip(args.queries, results)], indent=2))
+        return
+    for query, hits in zip(args.queries, results):
+        print(f"query: {query}")
+        for rank, hit in enumerate(hits, start=1):
+            fused = f"  fused {hit['fused_score']:.3f}" if "fused_score" in hit else ""
+            path = f"  {hit['metadata']['path']}" if hit["metadata"].get("path") else ""
+            print(
+                f"{rank:>3}. {hit['image_id']}  {hit['identifier']}  score {hit['score']:.3f}  "
+                f"similarity {hit['similarity']:.3f}{fused}{path}"
+            )
+
+
+def run_index_add(args: argparse.Namespace) -> None:
+    paths = _expand_images(args.images)
+    ids = args.ids if args.ids is not None else [Path(path).stem for path in paths]
+    model = _load_model(args.model)
+    index = _open_index(args.index, model, must_exist=False)
+    quantizer = encoder = None
+    if args.mode == "quantizer":
+        quantizer, encoder = _load_quantizer(args.quantizer, args.encoder)
+    codes = index.add(
+        paths, ids, mode=args.mode, model=model, quantizer=quantizer, encoder=encoder,
+        batch_size=args.batch_size,
+    )  # fmt: skip
+    index.save(args.index)
+    for image_id, row in zip(ids, codes.tolist()):
+        print(f"{image_id}\t{index.layout.codes_to_string(row)}")
+    print(f"added {len(ids)} images; {args.index} holds {len(index)}")
+
+
+def run_index_remove(args: argparse.Namespace) -> None:
+    from .configuration_sigma import SigmaConfig
+    from .index import SigmaImageIndex
+
+    config = SigmaConfig.from_pretrained(args.model)  # the fingerprint needs the config, not the weights
+    index = SigmaImageIndex.load(args.index, model=config)
+    index.remove(args.ids)
+    index.save(args.index)
+    print(f"removed {len(set(args.ids))} images; {args.index} holds {len(index)}")
+
+
+def run_index_info(args: argparse.Namespace) -> None:
+    from .index import SigmaImageIndex
+
+    index = SigmaImageIndex.load(args.index)
+    print(json.dumps({"images": len(index), **index.fingerprint}, indent=2))
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    try:
+        from .evaluation import evaluate_retrieval
+    except ImportError as error:
+        raise ValueError(f"evaluation is not available in this install: {error}") from error
+    from .corpus import get_split, load_corpus
+
+    model = _load_model(args.model)
+    if args.index is not None:
+        _open_index(args.index, model, must_exist=True).attach(model)
+    dataset = get_split(load_corpus(args.corpus), args.split)
+    metrics = evaluate_retrieval(model, dataset, ks=tuple(sorted(set(args.k))), max_queries=args.max_queries)
+    print(json.dumps(metrics, indent=2))
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def _load_model(path: str):
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from .configuration_sigma import SigmaConfig
+    from .modeling_sigma import SigmaForRetrieval
+
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"--model {path!r} is not a folder (a checkpoint saved with save_pretrained)")
+    # the processor's tokenizer loads the config through AutoConfig: with "sigma" registered it uses this
+    # package's class instead of asking (on stdout) whether to run the checkpoint's copy of the code
+    if SigmaConfig.model_type not in CONFIG_MAPPING:
+        AutoConfig.register(SigmaConfig.model_type, SigmaConfig)
+    return SigmaForRetrieval.from_pretrained(path).eval()
+
+
+def _open_index(folder: str | None, model, must_exist: bool):
+    """The index folder (checked against `model`), or an index holding the model's own codebook."""
+    from .index import SigmaImageIndex
+
+    if folder is not None and Path(folder).exists():
+        return SigmaImageIndex.load(folder, model=model)
+    if folder is not None and must_exist:
+        raise FileNotFoundError(f"--index {folder!r} does not exist")
+    return SigmaImageIndex.from_model(model)
+
+
+def _expand_images(inputs: list[str]) -> list[str]:
+    """Files as given; folders become their image files, sorted."""
+    paths = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths.extend(str(p) for p in sorted(path.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            paths.append(item)
+    return paths
+
+
+def _load_quantizer(folder: str | None, encoder_name: str):
+    if folder is None:
+        raise ValueError("--mode quantizer needs --quantizer (a stage-0 folder written by recipes/stage0.py)")
+    from .encoders import load_encoder
+    from .stage0_identifiers import SigmaIdentifierBuilder
+
+    return SigmaIdentifierBuilder.load(folder), load_encoder(encoder_name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `sigma` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        args.handler(args)
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        print(f"sigma: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
