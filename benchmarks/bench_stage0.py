@@ -1,12 +1,19 @@
 """Stage-0 and trie benchmark on synthetic features (CPU).
 
-    python benchmarks/bench_stage0.py                      # 100K and 1M identifiers, 512-d (about 10 min)
-    python benchmarks/bench_stage0.py --sizes 20000 --dim 64 # quick run
+    python benchmarks/bench_stage0.py                       # trie section, then stage-0 at 100K and 1M (~10 min)
+    python benchmarks/bench_stage0.py --trie-only           # trie section alone (1M identifiers, < 2 min)
+    python benchmarks/bench_stage0.py --sizes 20000 --dim 64 --skip-trie  # quick stage-0 run
 
-For every size it prints: stage-0 build time (fit of all levels), trie build time, trie bytes per identifier,
-and the constrained-decoding mask time per step for `--queries` × `--beams` prefixes, comparing
-`SigmaTrieLogitsProcessor` (and the raw `allowed_mask`) with transformers' `PrefixConstrainedLogitsProcessor`
-over a Python dict-of-dicts trie (GENRE style), both in the same run.
+Trie section (issue 3): `--trie-identifiers` unique identifiers generated directly (seeded) in the paper layout
+64/32/16/32 + suffix 64 (distinct prefixes, suffixes 0, 1, ... per prefix as stage 0 assigns them), plus a
+crowded large-suffix case (suffix 4096, up to 1393 identifiers per prefix, like the synthetic stage-0 build).
+For `--queries` × `--beams` prefixes at every decode depth it times `SigmaTrieLogitsProcessor`, the raw
+`allowed_mask`, and transformers' `PrefixConstrainedLogitsProcessor` over a Python dict-of-dicts trie (GENRE
+style; its prefix function alone is shown too) on a tiny vocabulary and a Qwen-sized one (`--vocab-sizes`).
+Times are per-call medians per depth; "mean" is their mean over all `len(sizes) + 1` decode steps.
+
+Stage-0 section: for every `--sizes` it prints the stage-0 build time (fit of all levels), trie build time, trie
+bytes per identifier, and the same processor comparison on the built identifiers.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import argparse
 import os
 import sys
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -82,6 +90,111 @@ def time_per_step(processor, input_ids_by_depth: list[torch.Tensor], vocab: int,
             processor(input_ids, scores)
         seconds.append((time.perf_counter() - start) / repeats)
     return seconds
+
+
+def paper_codes(num: int, sizes: list[int], seed: int = 0) -> torch.Tensor:
+    """`num` unique identifiers: 90% distinct random prefixes, the rest as extra suffixes 1, 2, ... of them."""
+    rng = np.random.default_rng(seed)
+    prefix_space = int(np.prod(sizes[:-1]))
+    num_prefixes = min(prefix_space, max(1, (num * 9) // 10))
+    prefixes = rng.choice(prefix_space, num_prefixes, replace=False)
+    counts = 1 + np.bincount(rng.integers(0, num_prefixes, num - num_prefixes), minlength=num_prefixes)
+    return _rows(prefixes, np.minimum(counts, sizes[-1]), sizes)
+
+
+def crowded_codes(num: int, sizes: list[int], longest: int = 1393, seed: int = 0) -> torch.Tensor:
+    """`num` unique identifiers on heavy-tailed prefix sizes (median 2, longest `longest` suffixes)."""
+    rng = np.random.default_rng(seed)
+    counts = np.minimum(longest, (rng.pareto(1.1, num) * 1.5).astype(np.int64) + 1)
+    counts[0] = longest
+    stop = int(np.searchsorted(np.cumsum(counts), num))
+    counts = counts[: stop + 1]
+    counts[-1] -= int(counts.sum()) - num
+    prefixes = rng.choice(int(np.prod(sizes[:-1])), counts.size, replace=False)
+    return _rows(prefixes, counts, sizes)
+
+
+def _rows(prefixes: np.ndarray, counts: np.ndarray, sizes: list[int]) -> torch.Tensor:
+    """Code rows for prefix keys `prefixes`, each with suffixes `0 .. counts - 1`."""
+    keys = np.repeat(prefixes, counts)
+    suffix = np.arange(keys.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    columns = [suffix]
+    for size in reversed(sizes[:-1]):
+        columns.append(keys % size)
+        keys = keys // size
+    return torch.from_numpy(np.stack(columns[::-1], axis=1)).long()
+
+
+CLOCK = time.perf_counter  # `--clock cpu` switches to process CPU time (robust on a loaded machine)
+
+
+def _median_ms(call, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = CLOCK()
+        call()
+        times.append(CLOCK() - start)
+    return float(np.median(times)) * 1e3
+
+
+def _call_rows(prefix_fn, input_ids: torch.Tensor) -> None:
+    for row in input_ids:
+        prefix_fn(0, row)
+
+
+def bench_trie(codes: torch.Tensor, sizes: list[int], label: str, args: argparse.Namespace) -> None:
+    """Per decode depth: SigmaTrieLogitsProcessor and allowed_mask vs the dict-trie PrefixConstrained processor."""
+    num, length = codes.shape
+    start = time.perf_counter()
+    trie = SigmaIdentifierTrie.from_codes(codes, sizes)
+    trie_s = time.perf_counter() - start
+    assert len(trie) == num, "identifiers must be unique"
+    offsets = torch.tensor([sum(sizes[:p]) for p in range(length)]) + BASE_VOCAB
+    start = time.perf_counter()
+    dict_trie = build_dict_trie((codes + offsets).tolist())
+    dict_s = time.perf_counter() - start
+
+    batch = args.queries * args.beams
+    picked = codes[torch.from_numpy(np.random.default_rng(1).choice(num, batch, replace=False))]
+    prompt = torch.full((batch, PROMPT_LENGTH), 5, dtype=torch.long)
+    depths = range(length + 1)
+    input_ids = [torch.cat([prompt, (picked + offsets)[:, :depth]], dim=1) for depth in depths]
+    sigma = SigmaTrieLogitsProcessor(
+        trie, offsets.tolist(), PROMPT_LENGTH, EOS_TOKEN_ID, num_beams=args.beams
+    )
+    prefix_fn = dict_prefix_fn(dict_trie)
+    reference = PrefixConstrainedLogitsProcessor(prefix_fn, num_beams=args.beams)
+
+    print(f"\n== trie: {num:,} identifiers, layout {sizes} ({label}), {args.queries}x{args.beams} beams ==")
+    print(f"build: SigmaIdentifierTrie {trie_s:.2f} s, dict-of-dicts {dict_s:.2f} s")
+    print(f"trie bytes per identifier: {trie.nbytes / num:.1f} B (total {trie.nbytes / 2**20:.1f} MiB)")
+    header = " ".join(f"{f'd{depth}':>7}" for depth in depths)
+    print(f"{'vocab':>8}  {'method':<32} {'mean ms':>8}  {header}  speed-up vs dict processor")
+    mask_ms = [_median_ms(partial(trie.allowed_mask, picked[:, :depth]), args.repeats) for depth in depths]
+    fn_ms = [_median_ms(partial(_call_rows, prefix_fn, ids), max(3, args.repeats // 10)) for ids in input_ids]
+    for vocab in args.vocab_sizes:
+        vocab = max(vocab, BASE_VOCAB + sum(sizes))
+        sigma_ms, dict_ms = [], []
+        for ids in input_ids:
+            scores = torch.randn(batch, vocab, generator=torch.Generator().manual_seed(0))
+            assert torch.equal(sigma(ids, scores), reference(ids, scores)), "processors disagree"
+            slow = vocab > 100_000
+            sigma_ms.append(_median_ms(partial(sigma, ids, scores), 5 if slow else args.repeats))
+            dict_repeats = 3 if slow else max(3, args.repeats // 10)
+            dict_ms.append(_median_ms(partial(reference, ids, scores), dict_repeats))
+            del scores
+        base = float(np.mean(dict_ms))
+        rows = [
+            ("SigmaTrieLogitsProcessor", sigma_ms),
+            ("allowed_mask (no vocab)", mask_ms),
+            ("dict prefix fn only (no vocab)", fn_ms),
+            ("PrefixConstrained + dict trie", dict_ms),
+        ]
+        for name, times in rows:
+            mean = float(np.mean(times))
+            cells = " ".join(f"{t:7.3f}" for t in times)
+            ratio = " ".join(f"{d / t:.0f}" for d, t in zip(dict_ms, times))
+            print(f"{vocab:>8,}  {name:<32} {mean:8.3f}  {cells}  {base / mean:6.1f}x  (per depth {ratio})")
 
 
 def bench_size(num: int, args: argparse.Namespace) -> None:
@@ -168,10 +281,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--beams", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--trie-only", action="store_true", help="run only the trie section (< 2 min)")
+    parser.add_argument("--skip-trie", action="store_true", help="run only the stage-0 section")
+    parser.add_argument("--trie-identifiers", type=int, default=1_000_000)
+    parser.add_argument(
+        "--vocab-sizes", type=int, nargs="+", default=[0, 151_665], help="0: identifier tokens + 1000 only"
+    )
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="cpu: process CPU time")
+    parser.add_argument("--no-crowded", action="store_true", help="skip the large-suffix trie case")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {args.clock} clock"
+    )
+    if not args.skip_trie:
+        paper = [64, 32, 16, 32, 64]
+        bench_trie(paper_codes(args.trie_identifiers, paper), paper, "paper", args)
+        if not args.no_crowded:
+            crowded = [64, 32, 16, 32, 4096]
+            codes = crowded_codes(args.trie_identifiers, crowded)
+            bench_trie(codes, crowded, "crowded suffixes, stage-0-like", args)
+    if args.trie_only:
+        return
     for num in args.sizes:
         bench_size(num, args)
 

@@ -17,6 +17,12 @@ from transformers import LogitsProcessor
 __all__ = ["SigmaIdentifierTrie", "SigmaTrieLogitsProcessor", "prefix_allowed_tokens_fn"]
 
 _INT32_LIMIT = 2**31 - 1
+# torch runs `searchsorted` over more than 200 values as an OpenMP parallel region; on an oversubscribed CPU each
+# region can wait a whole scheduler tick for a descheduled worker, so decode-step batches are searched in chunks
+_SEARCH_CHUNK = 192
+# next codes are listed row by row instead of as a padded (batch, widest row) table above this many table cells,
+# when the padding would at least double the work
+_RAGGED_MIN_CELLS = 16384
 _INT64_LIMIT = 2**63 - 1
 
 
@@ -36,8 +42,15 @@ class SigmaIdentifierTrie:
         if total > _INT64_LIMIT:
             raise ValueError(f"identifier space {total} does not fit in int64 keys")
         self.key_dtype = torch.int32 if total <= _INT32_LIMIT else torch.int64
-        # radix[d] = number of distinct prefixes of length d + 1 = prod(sizes[: d + 1])
+        # keys[d]: sorted unique mixed-radix keys of the stored prefixes of length d + 1
         self.keys = [torch.empty(0, dtype=self.key_dtype) for _ in self.sizes]
+        # per prefix length d: mixed-radix weights (key = codes[:, :d] @ weights) and the code bounds
+        self._weights, self._lower, self._upper = [], [], []
+        for d in range(self.depth + 1):
+            weights = [math.prod(self.sizes[p + 1 : d]) for p in range(d)]
+            self._weights.append(torch.tensor(weights, dtype=torch.int64))
+            self._lower.append(torch.zeros(d, dtype=torch.int64))
+            self._upper.append(torch.tensor(self.sizes[:d], dtype=torch.int64) - 1)
 
     @classmethod
     def from_codes(cls, codes: torch.Tensor, sizes: Sequence[int]) -> "SigmaIdentifierTrie":
@@ -159,34 +172,61 @@ class SigmaIdentifierTrie:
         if depth >= self.depth or len(self) == 0:
             mask[:, -1] = True
             return mask
-        if depth == 0:
-            valid = torch.ones(batch, dtype=torch.bool)
-            parent = torch.zeros(batch, dtype=torch.int64)
-        else:
-            sizes = torch.tensor(self.sizes[:depth], dtype=torch.int64)
-            valid = ((prefixes >= 0) & (prefixes < sizes)).all(dim=-1)
-            safe = torch.where(valid[:, None], prefixes, torch.zeros_like(prefixes))
-            parent = self._prefix_keys(safe)[-1].to(torch.int64)
-            valid &= self._members(depth - 1, parent.to(self.key_dtype))
-        children, child_valid = self._children(depth, parent)
-        child_valid &= valid[:, None]
-        # invalid slots write into the end column, which is recomputed right after
-        children = torch.where(child_valid, children, torch.full_like(children, self.max_size))
-        mask.scatter_(1, children, child_valid)
-        mask[:, -1] = ~mask[:, :-1].any(dim=-1)
+        if batch == 0:
+            return mask
+        codes, has_child, rows = self._next_codes(prefixes)
+        if rows is not None:
+            mask.view(-1).index_fill_(0, rows * mask.shape[1] + codes, True)
+            mask[:, -1] = ~has_child
+            return mask
+        if depth == 0:  # every row is the root: fill one row and broadcast it
+            row = torch.zeros(self.max_size + 1, dtype=torch.bool)
+            row[codes[0]] = True
+            return mask.copy_(row.expand_as(mask))
+        # rows without children write only the end column
+        mask.scatter_(1, torch.where(has_child[:, None], codes, self.max_size), True)
         return mask
 
-    def _children(self, level: int, parent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Child codes `(batch, sizes[level])` of parent keys and a validity mask of the same shape."""
-        size, stored = self.sizes[level], self.keys[level]
-        base = parent * size  # (batch,)
-        lo = torch.searchsorted(stored, base.to(self.key_dtype))
-        hi = torch.searchsorted(stored, (base + size).to(self.key_dtype))
-        index = lo[:, None] + torch.arange(size)  # (batch, size)
-        child_valid = index < hi[:, None]
-        gathered = stored[index.clamp(max=max(stored.numel() - 1, 0))].to(torch.int64)
-        children = torch.where(child_valid, gathered - base[:, None], torch.zeros_like(gathered))
-        return children, child_valid
+    def _next_codes(self, prefixes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Compact form of `allowed_mask` for prefixes shorter than `len(sizes)`.
+
+        Args:
+            prefixes (`torch.LongTensor` of shape `(batch, depth_so_far)`), `depth_so_far < len(sizes)`.
+
+        Returns:
+            `(codes, has_child, rows)`. `has_child` (`torch.BoolTensor` `(batch,)`) marks the rows that are
+            prefixes of a stored identifier. When `rows` is `None`, `codes` (`(batch, width)`, `width >= 1`)
+            holds every row's allowed next codes padded by repeating its last one, `width` being the largest child
+            count in the batch (not `sizes[depth_so_far]`); rows without children hold meaningless codes.
+            When child counts are very uneven (crowded suffixes) the padding would dominate, and `codes` `(total,)`
+            lists the children of all rows back to back, row `rows[i]` owning `codes[i]`.
+        """
+        batch, depth = prefixes.shape
+        stored, size = self.keys[depth], self.sizes[depth]
+        if stored.numel() == 0:
+            return torch.zeros(batch, 1, dtype=torch.int64), torch.zeros(batch, dtype=torch.bool), None
+        if depth == 0:  # the root's children are the level-0 keys themselves
+            codes = stored.to(torch.int64)
+            return codes.expand(batch, -1), torch.ones(batch, dtype=torch.bool), None
+        safe = torch.clamp(prefixes, self._lower[depth], self._upper[depth])
+        valid = (safe == prefixes).all(dim=-1)
+        base = (safe * self._weights[depth]).sum(dim=-1) * size  # key of the first possible child
+        # children of a prefix are the contiguous run of next-level keys in [base, base + size); a prefix that
+        # is not stored has an empty run, so no separate membership test is needed
+        bounds = _searchsorted(stored, torch.stack([base, base + size]).to(self.key_dtype))
+        counts = (bounds[1] - bounds[0]).mul_(valid)
+        width, total = max(int(counts.max()), 1), int(counts.sum())
+        if batch * width > max(_RAGGED_MIN_CELLS, 2 * total):
+            rows = torch.repeat_interleave(counts)  # (total,) row of every child
+            first = (counts.cumsum(0) - counts).index_select(0, rows)  # where each row's children start
+            index = torch.arange(total).sub_(first).add_(bounds[0].index_select(0, rows))
+            children = stored.index_select(0, index).to(torch.int64)
+            return children.sub_(base.index_select(0, rows)), counts > 0, rows
+        step = torch.minimum(torch.arange(width), (counts - 1).clamp_(min=0)[:, None])
+        index = (bounds[0][:, None] + step).clamp_(max=stored.numel() - 1)
+        # index_select, unlike stored[index], runs small batches without an OpenMP region
+        children = stored.index_select(0, index.view(-1)).view(index.shape).to(torch.int64)
+        return children - base[:, None], counts > 0, None
 
     # ---------------------------------------------------------------- saving
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -205,24 +245,48 @@ class SigmaIdentifierTrie:
         return f"SigmaIdentifierTrie(sizes={self.sizes}, identifiers={len(self)}, nbytes={self.nbytes})"
 
 
+def _searchsorted(stored: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """`torch.searchsorted(stored, values)` for a 1-D `stored`, in chunks that stay single-threaded."""
+    flat = values.reshape(-1)
+    if flat.numel() <= _SEARCH_CHUNK:
+        return torch.searchsorted(stored, values)
+    chunks = [torch.searchsorted(stored, chunk) for chunk in flat.split(_SEARCH_CHUNK)]
+    return torch.cat(chunks).view(values.shape)
+
+
 def _as_id_list(token_ids) -> list[int]:
     if token_ids is None:
         return []
     return [int(token_ids)] if isinstance(token_ids, int) else [int(t) for t in token_ids]
 
 
-def _additive_mask(trie, offsets, generated, eos_token_ids, scores) -> torch.Tensor:
-    """`0` for allowed next tokens, `-inf` elsewhere, shaped like `scores` `(batch, vocab)`."""
-    depth = generated.shape[1]
-    codes = generated - offsets[:depth] if depth < trie.depth else generated[:, : trie.depth]
-    code_mask = trie.allowed_mask(codes).to(scores.device)  # (batch, max_size + 1)
-    mask = torch.full_like(scores, -math.inf)
-    if depth < trie.depth:
-        size, start = trie.sizes[depth], int(offsets[depth])
-        mask[:, start : start + size].masked_fill_(code_mask[:, :size], 0.0)
-    for eos in eos_token_ids:
-        mask[:, eos].masked_fill_(code_mask[:, -1], 0.0)
-    return mask
+def _allowed_token_ids(trie, offsets, generated, eos_token_ids) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Allowed next token ids on the CPU, as `(ids, rows)`.
+
+    Code `v` at position `p` is token `offsets[p] + v`; rows that completed an identifier, or left the trie,
+    allow only `eos_token_ids` (`torch.LongTensor` `(num_eos,)`). With `rows=None`, `ids` is `(batch, width)`,
+    each row padded by repeating one of its ids; otherwise `ids` `(total,)` pairs with row indices `rows`.
+    """
+    batch, depth = generated.shape
+    if depth >= trie.depth or len(trie) == 0 or batch == 0:
+        return eos_token_ids.expand(batch, -1), None
+    codes, has_child, rows = trie._next_codes(generated - offsets[:depth])
+    tokens = codes + offsets[depth]
+    if rows is not None:
+        stuck = (~has_child).nonzero().view(-1)  # rows that may only end
+        rows = torch.cat([rows, stuck.repeat_interleave(eos_token_ids.numel())])
+        return torch.cat([tokens, eos_token_ids.repeat(stuck.numel())]), rows
+    if depth == 0:  # root: no row can be missing from the trie
+        return tokens, None
+    width = max(tokens.shape[1], eos_token_ids.numel())
+    tokens = _pad_repeat_last(tokens, width)
+    return torch.where(has_child[:, None], tokens, _pad_repeat_last(eos_token_ids[None], width)), None
+
+
+def _pad_repeat_last(ids: torch.Tensor, width: int) -> torch.Tensor:
+    if ids.shape[1] >= width:
+        return ids
+    return ids[:, torch.arange(width).clamp_(max=ids.shape[1] - 1)]
 
 
 class SigmaTrieLogitsProcessor(LogitsProcessor):
@@ -251,15 +315,48 @@ class SigmaTrieLogitsProcessor(LogitsProcessor):
         self.eos_token_ids = _as_id_list(eos_token_id)
         if not self.eos_token_ids:
             raise ValueError("SigmaTrieLogitsProcessor needs an eos_token_id")
+        self._eos = torch.tensor(self.eos_token_ids, dtype=torch.int64)
         self.num_beams = int(num_beams)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        # Bit-for-bit the output of `PrefixConstrainedLogitsProcessor`, without its (batch, vocab) float mask:
+        # disallowed entries are `scores + (-inf)`, allowed ones `scores + 0`, written by a scatter over the
+        # (batch, width) allowed ids only.
         generated = input_ids[:, self.prompt_length :].cpu()  # (batch * beams, d)
-        mask = _additive_mask(self.trie, self.token_offsets, generated, self.eos_token_ids, scores)
-        scores_processed = scores + mask
+        ids, rows = _allowed_token_ids(self.trie, self.token_offsets, generated, self._eos)
+        ids = ids.to(scores.device)
+        processed = scores + (-math.inf)  # -inf, or NaN where scores are NaN / +inf, as in the reference
+        if rows is None:
+            allowed = scores.gather(1, ids) + 0.0
+            processed.scatter_(1, ids, allowed)
+            live = ~allowed.isneginf().all(dim=-1)
+        else:  # uneven rows, listed back to back
+            rows = rows.to(scores.device)
+            if scores.is_contiguous() and processed.is_contiguous():
+                flat = rows * scores.shape[1] + ids
+                allowed = scores.view(-1).index_select(0, flat) + 0.0
+                processed.view(-1).index_copy_(0, flat, allowed)
+            else:
+                allowed = scores[rows, ids] + 0.0
+                processed[rows, ids] = allowed
+            live = torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
+            live[rows[~allowed.isneginf()]] = True
+        # a query whose beams have only -inf left is forced onto its allowed tokens with score 0
         batch = scores.shape[0] // self.num_beams
-        unsatisfiable = scores_processed.amax(dim=-1).isneginf().view(batch, -1).all(dim=-1, keepdim=True)
-        return torch.where(unsatisfiable.repeat_interleave(self.num_beams, dim=0), mask, scores_processed)
+        candidate = (~live).view(batch, -1).all(dim=-1)
+        if candidate.any():  # rare: confirm on the full rows, then write the reference's mask (0 / -inf)
+            stuck = candidate.clone()
+            full_rows = candidate.repeat_interleave(self.num_beams)
+            stuck[candidate] = (
+                processed[full_rows].amax(dim=-1).isneginf().view(-1, self.num_beams).all(dim=-1)
+            )
+            force = stuck.repeat_interleave(self.num_beams)
+            if rows is None:
+                processed[force] = processed[force].scatter_(1, ids[force], 0.0)
+            else:
+                pick = force[rows]
+                processed[rows[pick], ids[pick]] = 0.0
+        return processed
 
 
 def prefix_allowed_tokens_fn(
@@ -280,13 +377,12 @@ def prefix_allowed_tokens_fn(
         offsets = torch.as_tensor(list(layout), dtype=torch.int64)
     else:
         offsets = torch.as_tensor(layout.offsets, dtype=torch.int64) + int(first_token_id)
-    eos_ids = _as_id_list(eos_token_id)
-    vocab_size = int(offsets[-1]) + trie.sizes[-1]
-    vocab_size = max(vocab_size, max(eos_ids) + 1)
+    eos_ids = torch.tensor(_as_id_list(eos_token_id), dtype=torch.int64)
+    if eos_ids.numel() == 0:
+        raise ValueError("prefix_allowed_tokens_fn needs an eos_token_id")
 
     def allowed_tokens(batch_id: int, sent: torch.Tensor) -> list[int]:
         generated = sent[prompt_length:].cpu()[None]  # (1, d)
-        mask = _additive_mask(trie, offsets, generated, eos_ids, torch.zeros(1, vocab_size))[0]
-        return (mask == 0).nonzero().flatten().tolist()
+        return sorted(set(_allowed_token_ids(trie, offsets, generated, eos_ids)[0].view(-1).tolist()))
 
     return allowed_tokens
