@@ -17,8 +17,8 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-e2e: install  ## the embedded end-to-end job (no download); prints the results table
-	$(PY) recipes/run_embedded.py
+e2e: install  ## the embedded end-to-end job (no download); E2E_ARGS=--ablations adds the ablation rows
+	$(PY) recipes/run_embedded.py $(E2E_ARGS)
 
 smoke: install  ## the same job on a very small corpus, in a couple of minutes
 	$(PY) recipes/run_embedded.py --smoke

@@ -148,18 +148,10 @@ def run_eval(args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------------------------------- helpers
 def _load_model(path: str):
-    from transformers import AutoConfig
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    from .configuration_sigma import SigmaConfig
     from .modeling_sigma import SigmaForRetrieval
 
     if not Path(path).is_dir():
         raise FileNotFoundError(f"--model {path!r} is not a folder (a checkpoint saved with save_pretrained)")
-    # the processor's tokenizer loads the config through AutoConfig: with "sigma" registered it uses this
-    # package's class instead of asking (on stdout) whether to run the checkpoint's copy of the code
-    if SigmaConfig.model_type not in CONFIG_MAPPING:
-        AutoConfig.register(SigmaConfig.model_type, SigmaConfig)
     return SigmaForRetrieval.from_pretrained(path).eval()
 
 

@@ -38,19 +38,49 @@ COLOURS = {
     "white": (245, 245, 245),
     "black": (20, 20, 20),
 }
-BACKGROUNDS = {"gray": (128, 128, 128), "sand": (214, 190, 140), "sky": (150, 200, 240), "grass": (120, 180, 100)}
+BACKGROUNDS = {
+    "gray": (128, 128, 128),
+    "sand": (214, 190, 140),
+    "sky": (150, 200, 240),
+    "grass": (120, 180, 100),
+}
 SIZES = {"small": 0.16, "large": 0.30}
-POSITIONS = {"left": (0.25, 0.5), "right": (0.75, 0.5), "top": (0.5, 0.25), "bottom": (0.5, 0.75), "center": (0.5, 0.5)}
+POSITIONS = {
+    "left": (0.25, 0.5),
+    "right": (0.75, 0.5),
+    "top": (0.5, 0.25),
+    "bottom": (0.5, 0.75),
+    "center": (0.5, 0.5),
+}
 
 # Paraphrase vocabulary: other words for the same attribute, so the fifth caption shares few tokens
 # with the other four.
 SYNONYMS = {
-    "circle": "round disc", "square": "box", "triangle": "three-sided figure", "diamond": "rhombus",
-    "cross": "plus sign", "star": "five-pointed star", "red": "crimson", "green": "emerald",
-    "blue": "navy", "yellow": "golden", "purple": "violet", "orange": "amber", "white": "snowy",
-    "black": "dark", "small": "tiny", "large": "big", "left": "left side", "right": "right side",
-    "top": "upper part", "bottom": "lower part", "center": "middle", "gray": "grey", "sand": "beige",
-    "sky": "light blue", "grass": "green field",
+    "circle": "round disc",
+    "square": "box",
+    "triangle": "three-sided figure",
+    "diamond": "rhombus",
+    "cross": "plus sign",
+    "star": "five-pointed star",
+    "red": "crimson",
+    "green": "emerald",
+    "blue": "navy",
+    "yellow": "golden",
+    "purple": "violet",
+    "orange": "amber",
+    "white": "snowy",
+    "black": "dark",
+    "small": "tiny",
+    "large": "big",
+    "left": "left side",
+    "right": "right side",
+    "top": "upper part",
+    "bottom": "lower part",
+    "center": "middle",
+    "gray": "grey",
+    "sand": "beige",
+    "sky": "light blue",
+    "grass": "green field",
 }
 COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
 
@@ -117,9 +147,18 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
     if shape == "cross":
         t = r / 3
         return [
-            (cx - t, cy - r), (cx + t, cy - r), (cx + t, cy - t), (cx + r, cy - t), (cx + r, cy + t),
-            (cx + t, cy + t), (cx + t, cy + r), (cx - t, cy + r), (cx - t, cy + t), (cx - r, cy + t),
-            (cx - r, cy - t), (cx - t, cy - t),
+            (cx - t, cy - r),
+            (cx + t, cy - r),
+            (cx + t, cy - t),
+            (cx + r, cy - t),
+            (cx + r, cy + t),
+            (cx + t, cy + t),
+            (cx + t, cy + r),
+            (cx - t, cy + r),
+            (cx - t, cy + t),
+            (cx - r, cy + t),
+            (cx - r, cy - t),
+            (cx - t, cy - t),
         ]
     if shape == "star":
         import math
@@ -189,7 +228,11 @@ def generate_split(config: TinyShapesConfig, split: str) -> datasets.Dataset:
         rows["image_id"].append(f"{split}-{index:06d}")
         rows["captions"].append(caption_scene(scene, rng))
     features = datasets.Features(
-        {"image": datasets.Image(), "image_id": datasets.Value("string"), "captions": [datasets.Value("string")]}
+        {
+            "image": datasets.Image(),
+            "image_id": datasets.Value("string"),
+            "captions": [datasets.Value("string")],
+        }
     )
     return datasets.Dataset.from_dict(rows, features=features)
 

@@ -32,7 +32,9 @@ SCHEMA = datasets.Features(
 def _require_columns(raw: datasets.Dataset, columns: tuple[str, ...], source: str) -> None:
     missing = [column for column in columns if column not in raw.column_names]
     if missing:
-        raise ValueError(f"{source}: missing column(s) {missing}; expected the source layout {list(columns)}.")
+        raise ValueError(
+            f"{source}: missing column(s) {missing}; expected the source layout {list(columns)}."
+        )
 
 
 def _split_by_karpathy(
@@ -41,11 +43,13 @@ def _split_by_karpathy(
     """Groups rows (already in the SIGMA schema plus a `karpathy_split` column) into SIGMA splits."""
     unknown = sorted(set(rows["karpathy_split"]) - set(KARPATHY_TO_SIGMA))
     if unknown:
-        raise ValueError(f"{source}: unknown Karpathy split value(s) {unknown}; expected {sorted(KARPATHY_TO_SIGMA)}.")
+        raise ValueError(
+            f"{source}: unknown Karpathy split value(s) {unknown}; expected {sorted(KARPATHY_TO_SIGMA)}."
+        )
     splits = {}
     for sigma_split in ("train", "validation", "test"):
         names = {k for k, v in KARPATHY_TO_SIGMA.items() if v == sigma_split}
-        part = rows.filter(lambda s: s in names, input_columns="karpathy_split")
+        part = rows.filter(lambda s, names=names: s in names, input_columns="karpathy_split")
         if len(part):
             splits[sigma_split] = part.remove_columns("karpathy_split")
     if num_unseen and "train" in splits:
@@ -74,7 +78,9 @@ def adapt_coco_karpathy(
     """Converts the `yerevann/coco-karpathy` layout into the SIGMA schema, reading images under `image_root`."""
     _require_columns(raw, COCO_KARPATHY_COLUMNS, "COCO Karpathy")
     if not os.path.isdir(image_root):
-        raise ValueError(f"COCO Karpathy: image_root {os.fspath(image_root)!r} is not a folder of COCO images.")
+        raise ValueError(
+            f"COCO Karpathy: image_root {os.fspath(image_root)!r} is not a folder of COCO images."
+        )
 
     def convert(batch):
         paths = [os.path.join(image_root, d, f) for d, f in zip(batch["filepath"], batch["filename"])]
@@ -88,7 +94,9 @@ def adapt_coco_karpathy(
     rows = raw.map(convert, batched=True, remove_columns=raw.column_names)
     missing = [p for p in rows["image"] if not os.path.isfile(p)]
     if missing:
-        raise ValueError(f"COCO Karpathy: {len(missing)} image file(s) not found under image_root, e.g. {missing[0]!r}.")
+        raise ValueError(
+            f"COCO Karpathy: {len(missing)} image file(s) not found under image_root, e.g. {missing[0]!r}."
+        )
     rows = rows.cast(datasets.Features({**SCHEMA, "karpathy_split": datasets.Value("string")}))
     return _split_by_karpathy(rows, num_unseen, seed, "COCO Karpathy")
 

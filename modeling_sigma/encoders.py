@@ -104,7 +104,9 @@ class SigmaJinaV4Encoder(SigmaEncoder):
         chunks = []
         for batch in _batches(images, batch_size, progress, "encode images"):
             rgb = [load_image(image) for image in batch]
-            chunks.append(torch.stack(list(self.model.encode_image(images=rgb, task="retrieval"))).float().cpu())
+            chunks.append(
+                torch.stack(list(self.model.encode_image(images=rgb, task="retrieval"))).float().cpu()
+            )
         return l2_normalise(torch.cat(chunks))
 
     @torch.inference_mode()
@@ -131,7 +133,9 @@ def load_encoder(name_or_path: str, device: str | None = None, **tiny_clip_kwarg
 def _cache_path(cache_dir, encoder: SigmaEncoder, corpus_name: str, split: str, kind: str, fingerprint: str):
     key = hashlib.sha1(f"{encoder.name}|{corpus_name}|{split}|{kind}|{fingerprint}".encode()).hexdigest()[:16]
     slug = lambda s: "".join(c if c.isalnum() else "-" for c in os.path.basename(s.rstrip("/")))  # noqa: E731
-    return os.path.join(os.fspath(cache_dir), f"{slug(encoder.name)}__{slug(corpus_name)}__{split}-{kind}-{key}.npy")
+    return os.path.join(
+        os.fspath(cache_dir), f"{slug(encoder.name)}__{slug(corpus_name)}__{split}-{kind}-{key}.npy"
+    )
 
 
 def _atomic_save(path: str, array: np.ndarray) -> None:

@@ -294,8 +294,15 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
         self.set_index(tensors["codebook.codes"], metadata["image_ids"])
 
     def _load_processor(self, path: str, options: dict) -> None:
+        from transformers import AutoConfig
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
         from .processing_sigma import SigmaProcessor
 
+        # The tokenizer reads config.json through AutoConfig; with "sigma" registered it uses this class
+        # instead of asking on stdout whether to run the checkpoint's copy of the code.
+        if SigmaConfig.model_type not in CONFIG_MAPPING:
+            AutoConfig.register(SigmaConfig.model_type, SigmaConfig)
         try:
             self.processor = SigmaProcessor.from_pretrained(path, **options)
         except (OSError, ValueError, TypeError) as error:

@@ -54,9 +54,15 @@ def train_tokenizer(captions: list[str]):
     specials = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
     tokenizer.train_from_iterator(captions, trainers.WordLevelTrainer(special_tokens=specials))
     eos = tokenizer.token_to_id("[EOS]")
-    tokenizer.post_processor = processors.TemplateProcessing(single="$A [EOS]", special_tokens=[("[EOS]", eos)])
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A [EOS]", special_tokens=[("[EOS]", eos)]
+    )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]", eos_token="[EOS]", model_max_length=64
+        tokenizer_object=tokenizer,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        eos_token="[EOS]",
+        model_max_length=64,
     )
 
 
@@ -65,13 +71,23 @@ def build_tiny_clip(tokenizer, image_size: int, config: TinyClipConfig):
 
     heads = max(1, config.hidden_size // 32)
     text = dict(
-        vocab_size=len(tokenizer), hidden_size=config.hidden_size, intermediate_size=config.hidden_size * 2,
-        num_hidden_layers=config.num_layers, num_attention_heads=heads, max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        intermediate_size=config.hidden_size * 2,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=heads,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
     )
     vision = dict(
-        image_size=image_size, patch_size=config.patch_size, hidden_size=config.hidden_size,
-        intermediate_size=config.hidden_size * 2, num_hidden_layers=config.num_layers, num_attention_heads=heads,
+        image_size=image_size,
+        patch_size=config.patch_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.hidden_size * 2,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=heads,
     )
     clip_config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=config.projection_dim)
     torch.manual_seed(config.seed)
@@ -82,7 +98,9 @@ def _pixel_tensor(images, image_processor) -> torch.Tensor:
     return image_processor([load_image(image) for image in images], return_tensors="pt")["pixel_values"]
 
 
-def train_tiny_clip(train_split, output_dir: str, config: TinyClipConfig | None = None, progress: bool = True):
+def train_tiny_clip(
+    train_split, output_dir: str, config: TinyClipConfig | None = None, progress: bool = True
+):
     """Trains the tiny CLIP on (image, one of its captions) pairs and saves it with `save_pretrained`."""
     from tqdm.auto import tqdm
     from transformers import CLIPImageProcessorPil
@@ -108,8 +126,10 @@ def train_tiny_clip(train_split, output_dir: str, config: TinyClipConfig | None 
             texts = [captions[r][p % len(captions[r])] for r, p in zip(rows.tolist(), picks.tolist())]
             tokens = tokenizer(texts, padding=True, return_tensors="pt")
             loss = model(
-                input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
-                pixel_values=pixels[rows], return_loss=True,
+                input_ids=tokens["input_ids"],
+                attention_mask=tokens["attention_mask"],
+                pixel_values=pixels[rows],
+                return_loss=True,
             ).loss
             loss.backward()
             optimiser.step(), scheduler.step(), optimiser.zero_grad()

@@ -30,7 +30,9 @@ class SigmaTwoTowerIndex:
         """Returns (scores (queries, k), image ids per query), best first."""
         text_features = _check_features(text_features, "text_features")
         if text_features.shape[1] != self.index.d:
-            raise ValueError(f"text_features have dimension {text_features.shape[1]}, the index {self.index.d}.")
+            raise ValueError(
+                f"text_features have dimension {text_features.shape[1]}, the index {self.index.d}."
+            )
         k = min(k, len(self))
         scores, rows = self.index.search(text_features, k)
         return scores, [[self.image_ids[r] for r in row] for row in rows]

@@ -10,21 +10,20 @@ dataset, the quantizer and `stage0_config.json` with the statistics printed at t
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
-import yaml
 from transformers import HfArgumentParser
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from modeling_sigma.corpus import COLOURS, EMBEDDED_CORPUS_NAME, SHAPES, get_split, load_corpus  # noqa: E402
 from modeling_sigma.encoders import encode_split, load_encoder  # noqa: E402
+from modeling_sigma.recipe_config import parse_recipe_args  # noqa: E402
 from modeling_sigma.stage0_identifiers import SigmaIdentifierBuilder, SigmaIdentifierBuilderConfig  # noqa: E402
 
 SECTION = "stage0"
@@ -45,6 +44,9 @@ class Stage0Arguments:
         default_factory=list, metadata={"help": "added afterwards with assign()"}
     )
     output_dir: str = field(default="outputs/tiny-shapes/stage0", metadata={"help": "stage-0 folder"})
+    random_identifiers: bool = field(
+        default=False, metadata={"help": "ablation: shuffle the identifiers across images (no semantics)"}
+    )
     push_to_hub: bool = field(default=False, metadata={"help": "upload the folder to hub_repo_id"})
     hub_repo_id: str | None = field(default=None, metadata={"help": "Hub dataset repo for push_to_hub"})
 
@@ -55,20 +57,7 @@ def make_parser() -> HfArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> tuple[Stage0Arguments, SigmaIdentifierBuilderConfig]:
     """`--config file.yaml` (its `stage0:` section) gives defaults; other flags override them."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default=None)
-    known, remaining = pre.parse_known_args(argv)
-    parser = make_parser()
-    if known.config:
-        with open(known.config) as stream:
-            section = (yaml.safe_load(stream) or {}).get(SECTION) or {}
-        valid = {f.name for dataclass_type in parser.dataclass_types for f in fields(dataclass_type)}
-        unknown = sorted(set(section) - valid)
-        if unknown:
-            raise ValueError(f"{known.config}: unknown keys in section '{SECTION}': {unknown}")
-        parser.set_defaults(**section)
-    script_args, builder_config = parser.parse_args_into_dataclasses(args=remaining)
-    return script_args, builder_config
+    return parse_recipe_args(make_parser(), SECTION, argv)
 
 
 def caption_attributes(captions: list[list[str]]) -> list[set[str]]:
@@ -109,6 +98,11 @@ def main(script_args: Stage0Arguments, builder_config: SigmaIdentifierBuilderCon
     if script_args.assign_splits:
         new_features, new_ids, _ = split_features(script_args, corpus, encoder, script_args.assign_splits)
         builder.assign(new_features, new_ids)
+
+    if script_args.random_identifiers:
+        permutation = np.random.default_rng(builder_config.seed).permutation(len(builder.codes))
+        builder.codes = builder.codes[permutation]
+        print("ablation: identifiers shuffled across images")
 
     # ----- save / push -----
     builder.save(script_args.output_dir)

@@ -36,7 +36,9 @@ def test_same_seed_same_corpus_pixel_equal(tiny_corpus, tiny_corpus_config):
 def test_other_seed_other_corpus(tiny_corpus, tiny_corpus_config):
     other = generate_tiny_shapes(TinyShapesConfig(**{**tiny_corpus_config.__dict__, "seed": 4}))
     assert other["train"]["captions"] != tiny_corpus["train"]["captions"]
-    assert not np.array_equal(np.asarray(other["train"][0]["image"]), np.asarray(tiny_corpus["train"][0]["image"]))
+    assert not np.array_equal(
+        np.asarray(other["train"][0]["image"]), np.asarray(tiny_corpus["train"][0]["image"])
+    )
 
 
 def test_splits_are_disjoint_scenes_and_captions_vary_in_granularity(tiny_corpus):

@@ -33,7 +33,9 @@ def fake_flickr30k(n=12):
 def fake_coco(tmp_path, n=10):
     """Reproduces the columns of `yerevann/coco-karpathy`, with the images in a local COCO folder."""
     (tmp_path / "val2014").mkdir()
-    rows = {k: [] for k in ("filepath", "sentids", "filename", "imgid", "split", "sentences", "cocoid", "url")}
+    rows = {
+        k: [] for k in ("filepath", "sentids", "filename", "imgid", "split", "sentences", "cocoid", "url")
+    }
     for i in range(n):
         name = f"COCO_val2014_{i:012d}.jpg"
         Image.new("RGB", (40, 30), (0, i * 20, 0)).save(tmp_path / "val2014" / name)

@@ -29,7 +29,9 @@ def test_features_are_normalised_float32(tiny_clip_dir, tiny_corpus):
         assert features.dtype == np.float32 and features.shape[1] == SMALL.projection_dim
         np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-5)
     # batching does not change the result
-    np.testing.assert_allclose(images, encoder.encode_images(tiny_corpus["test"]["image"][:5], batch_size=5), atol=1e-5)
+    np.testing.assert_allclose(
+        images, encoder.encode_images(tiny_corpus["test"]["image"][:5], batch_size=5), atol=1e-5
+    )
 
 
 def test_odd_image_modes_are_encoded(tiny_clip_dir):
@@ -48,7 +50,9 @@ def test_feature_cache_is_keyed_and_atomic(tiny_clip_dir, tiny_corpus, tmp_path)
     files = sorted(os.listdir(tmp_path))
     assert len(files) == 2 and all(f.endswith(".npy") for f in files)
     encoder.encode_images = None  # a second call must come from the cache
-    np.testing.assert_array_equal(first, encode_split(encoder, tiny_corpus["test"], "tiny-shapes", "test", tmp_path))
+    np.testing.assert_array_equal(
+        first, encode_split(encoder, tiny_corpus["test"], "tiny-shapes", "test", tmp_path)
+    )
     with pytest.raises(ValueError, match="kind"):
         encode_split(encoder, tiny_corpus["test"], "tiny-shapes", "test", tmp_path, kind="videos")
 
@@ -66,10 +70,22 @@ def test_siglip_checkpoint_loads_through_the_same_path(tmp_path, tiny_corpus):
 
     tokenizer = train_tokenizer(["a red circle", "a blue square"])
     config = SiglipConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=64),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=1, num_attention_heads=2),
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=64,
+        ),
+        vision_config=dict(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        ),
     )
     SiglipModel(config).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)

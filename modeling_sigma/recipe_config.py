@@ -1,0 +1,54 @@
+"""Argument parsing shared by the recipes: one YAML file with a section per stage, flags override it.
+
+    python recipes/stage3.py --config recipes/configs/tiny-shapes.yaml --learning_rate 1e-4
+
+A recipe reads its own section (`stage0`, `stage1`, ...). Keys that no argument dataclass of the recipe
+knows are an error naming them, in the YAML as on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+import yaml
+
+
+def read_section(path: str, section: str) -> dict:
+    """The `section:` mapping of a recipe YAML, with a clear error if the file or section is unusable."""
+    try:
+        with open(path) as stream:
+            document = yaml.safe_load(stream) or {}
+    except OSError as error:
+        raise ValueError(f"Cannot read the config file {path!r}: {error}") from error
+    if not isinstance(document, dict) or not isinstance(document.get(section, {}), dict):
+        raise ValueError(f"{path}: expected a mapping with a '{section}:' section.")
+    return document.get(section) or {}
+
+
+def parse_recipe_args(parser, section: str, argv: list[str] | None = None) -> tuple:
+    """Parses `--config FILE` (its `section`) and flags into the parser's dataclasses.
+
+    Args:
+        parser: an `HfArgumentParser` (e.g. `trl.TrlParser`) over the recipe's argument dataclasses.
+        section: the YAML section this recipe reads.
+        argv: command-line arguments (defaults to `sys.argv[1:]`).
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, remaining = pre.parse_known_args(argv)
+    if known.config:
+        values = read_section(known.config, section)
+        valid = {f.name for dataclass_type in parser.dataclass_types for f in fields(dataclass_type)}
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise ValueError(f"{known.config}: unknown key(s) in section '{section}': {unknown}")
+        parser.set_defaults(**values)
+    outputs = parser.parse_args_into_dataclasses(args=remaining, return_remaining_strings=True)
+    *dataclasses, leftover = outputs
+    if leftover:
+        raise ValueError(f"Unknown argument(s): {leftover}")
+    return tuple(dataclasses)
+
+
+__all__ = ["parse_recipe_args", "read_section"]

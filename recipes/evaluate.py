@@ -1,0 +1,78 @@
+"""Recall@1/5/10 of a SIGMA checkpoint on a corpus split; results as JSON.
+
+    python recipes/evaluate.py --config recipes/configs/tiny-shapes.yaml
+    python recipes/evaluate.py --config recipes/configs/tiny-shapes.yaml --model_name_or_path outputs/x --split test
+
+Every caption of the split is a query; the index holds the split's images (as the two-tower baseline's);
+the figures come from the `evaluate` metric in `modeling_sigma/recall_metric.py`, which wraps the shared
+`recall_at_k`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+
+# This file is named like the `evaluate` library: take its own folder off the path so the library imports.
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+sys.path.insert(0, os.path.dirname(HERE))
+
+import evaluate  # noqa: E402
+from transformers import HfArgumentParser  # noqa: E402
+
+from modeling_sigma import recall_metric  # noqa: E402
+from modeling_sigma.corpus import caption_pairs, get_split, load_corpus  # noqa: E402
+from modeling_sigma.evaluation import index_split  # noqa: E402
+from modeling_sigma.recipe_config import parse_recipe_args  # noqa: E402
+from modeling_sigma.training import load_previous_stage  # noqa: E402
+
+SECTION = "evaluate"
+
+
+@dataclass
+class EvaluateArguments:
+    model_name_or_path: str = field(
+        default="outputs/tiny-shapes/stage3", metadata={"help": "SIGMA checkpoint"}
+    )
+    corpus: str = field(default="tiny-shapes", metadata={"help": "load_corpus name, folder or Hub id"})
+    cache_dir: str = field(default="outputs/cache", metadata={"help": "corpus cache"})
+    split: str = field(
+        default="test", metadata={"help": "split whose images are indexed and captions queried"}
+    )
+    batch_size: int = field(default=64, metadata={"help": "queries per constrained beam search"})
+    num_beams: int | None = field(default=None, metadata={"help": "beams (default: the model config's)"})
+    max_queries: int | None = field(default=None, metadata={"help": "evaluate only the first N captions"})
+    output_file: str | None = field(default=None, metadata={"help": "JSON results file"})
+
+
+def main(args: EvaluateArguments) -> dict:
+    model, _ = load_previous_stage(args.model_name_or_path, "stage3")
+    dataset = get_split(load_corpus(args.corpus, cache_dir=args.cache_dir), args.split)
+    full_codes, full_ids = model.codebook_codes, list(model.image_ids)
+    index_split(model, dataset)
+    queries, owners = caption_pairs(dataset)
+    queries, owners = queries[: args.max_queries], owners[: args.max_queries]
+    hits = model.retrieve(queries, k=10, batch_size=args.batch_size, num_beams=args.num_beams)
+    model.set_index(full_codes, full_ids)
+    recall = evaluate.load(recall_metric.__file__)
+    image_ids = dataset["image_id"]
+    results = recall.compute(
+        predictions=[[hit["image_id"] for hit in query] for query in hits],
+        references=[[image_ids[o]] for o in owners],
+    )
+    report = {"arguments": asdict(args), "queries": len(queries), "images": len(dataset), **results}
+    print(json.dumps(report, indent=2))
+    if args.output_file:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output_file)), exist_ok=True)
+        with open(args.output_file, "w") as stream:
+            json.dump(report, stream, indent=2)
+    return report
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    main(*parse_recipe_args(HfArgumentParser(EvaluateArguments), SECTION))
