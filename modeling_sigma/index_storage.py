@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from .stage0_storage import replace_folder
+
 logger = logging.getLogger(__name__)
 
 TENSORS_FILE = "index.safetensors"
@@ -42,7 +44,7 @@ def write_index_folder(folder: str | os.PathLike, tensors: dict[str, torch.Tenso
         _write_text(tmp / METADATA_FILE, json.dumps(payload))
         _fsync(tmp / TENSORS_FILE)
         _fsync(tmp)
-        _replace_folder(tmp, target)
+        replace_folder(tmp, target)
         _fsync(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -79,22 +81,6 @@ def _fsync(path: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
-
-
-def _replace_folder(source: Path, target: Path) -> None:
-    # os.replace cannot replace a non-empty folder: move the old one aside, restore it if the rename fails
-    if not target.exists():
-        os.replace(source, target)
-        return
-    backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    backup.rmdir()
-    os.replace(target, backup)
-    try:
-        os.replace(source, target)
-    except BaseException:
-        os.replace(backup, target)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
 
 
 def _restore_backup(target: Path) -> None:

@@ -54,15 +54,16 @@ def save_builder_folder(
         save_file(tensors, str(tmp / QUANTIZER_FILE), metadata={"format_version": str(FORMAT_VERSION)})
         payload = {"format_version": FORMAT_VERSION, **metadata}
         (tmp / CONFIG_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-        _replace_folder(tmp, target)
+        replace_folder(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     logger.info("saved stage-0 folder %s (%d identifiers)", target, len(image_ids))
 
 
-def _replace_folder(source: Path, target: Path) -> None:
-    # os.replace cannot replace a non-empty directory: move the old one aside first, restore on failure.
+def replace_folder(source: Path, target: Path) -> None:
+    """Puts `source` in place of `target` (index folders use it too). os.replace cannot replace a non-empty
+    folder, so the old one is moved aside first (as `.<name>.old-*`) and restored if the rename fails."""
     if not target.exists():
         os.replace(source, target)
         return

@@ -189,6 +189,41 @@ class SigmaStageArguments:
         default=None, metadata={"help": "stage 3: weight of the similarity loss"}
     )
     similarity_hidden_size: int = field(default=256, metadata={"help": "stage 1: similarity-head width"})
+    image_root: str | None = field(
+        default=None, metadata={"help": "COCO Karpathy: local folder of COCO images"}
+    )
+    use_lora: bool = field(default=False, metadata={"help": "train LoRA adapters (peft), merged when saved"})
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=128, metadata={"help": "LoRA scaling numerator"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        metadata={"help": "projections that get adapters"},
+    )
+
+
+def load_stage_corpus(script_args: SigmaStageArguments):
+    """The corpus named by the recipe arguments (COCO Karpathy also needs `image_root`)."""
+    from .corpus import load_corpus
+
+    extra = {"image_root": script_args.image_root} if script_args.image_root else {}
+    return load_corpus(script_args.corpus, cache_dir=script_args.cache_dir, **extra)
+
+
+def lora_config(script_args: SigmaStageArguments):
+    """A peft `LoraConfig` when `use_lora`: adapters on the projections; the identifier embeddings, the LM
+    head and the similarity head train fully (they are new or must learn the new tokens)."""
+    if not script_args.use_lora:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=script_args.lora_r,
+        lora_alpha=script_args.lora_alpha,
+        lora_dropout=script_args.lora_dropout,
+        target_modules=script_args.lora_target_modules,
+        modules_to_save=["similarity_head", "embed_tokens", "lm_head"],
+    )
 
 
 def load_identifiers(stage0_dir: str) -> tuple[object, torch.Tensor, list[str], dict[str, str]]:
@@ -240,8 +275,9 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return os.path.join(output_dir, f"checkpoint-{max(steps)}") if steps else None
 
 
-def train_and_save(model, processor, training_args, examples: list[dict]) -> dict:
-    """Runs `SigmaTrainer` (resuming from the last checkpoint in output_dir) and saves the final model."""
+def train_and_save(model, processor, training_args, examples: list[dict], peft_config=None) -> dict:
+    """Runs `SigmaTrainer` (resuming from the last checkpoint in output_dir) and saves the final model
+    (LoRA adapters, if any, merged into it)."""
     if training_args.max_steps <= 0 and training_args.num_train_epochs == 0:
         logger.warning("num_train_epochs=0: stage skipped, the model is saved unchanged (ablation)")
         model.save_pretrained(training_args.output_dir)
@@ -254,13 +290,23 @@ def train_and_save(model, processor, training_args, examples: list[dict]) -> dic
         train_dataset=to_dataset(examples),
         data_collator=SigmaCollator(processor, model.config, max_length=training_args.max_length or 1024),
         processing_class=processor.tokenizer,
+        peft_config=peft_config,
+    )
+    logger.info(
+        "training %d examples on %d process(es), %d per device",
+        len(examples),
+        training_args.world_size,
+        training_args.per_device_train_batch_size,
     )
     last = last_complete_checkpoint(training_args.output_dir)
     if last:
         logger.info("Resuming from %s", last)
     result = trainer.train(resume_from_checkpoint=last)
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(trained, "merge_and_unload"):  # a peft model: fold the adapters into the weights
+        trained = trained.merge_and_unload()
     if trainer.is_world_process_zero():
-        model.save_pretrained(training_args.output_dir)
+        trained.save_pretrained(training_args.output_dir)
     trainer.accelerator.wait_for_everyone()
     return result.metrics
 
@@ -270,6 +316,8 @@ __all__ = [
     "SigmaStageArguments",
     "load_identifiers",
     "load_previous_stage",
+    "load_stage_corpus",
+    "lora_config",
     "require_columns",
     "train_and_save",
     "SigmaTrainer",

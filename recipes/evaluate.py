@@ -40,6 +40,9 @@ class EvaluateArguments:
     )
     corpus: str = field(default="tiny-shapes", metadata={"help": "load_corpus name, folder or Hub id"})
     cache_dir: str = field(default="outputs/cache", metadata={"help": "corpus cache"})
+    image_root: str | None = field(
+        default=None, metadata={"help": "COCO Karpathy: local folder of COCO images"}
+    )
     split: str = field(
         default="test", metadata={"help": "split whose images are indexed and captions queried"}
     )
@@ -51,7 +54,8 @@ class EvaluateArguments:
 
 def main(args: EvaluateArguments) -> dict:
     model, _ = load_previous_stage(args.model_name_or_path, "stage3")
-    dataset = get_split(load_corpus(args.corpus, cache_dir=args.cache_dir), args.split)
+    extra = {"image_root": args.image_root} if args.image_root else {}
+    dataset = get_split(load_corpus(args.corpus, cache_dir=args.cache_dir, **extra), args.split)
     full_codes, full_ids = model.codebook_codes, list(model.image_ids)
     index_split(model, dataset)
     queries, owners = caption_pairs(dataset)

@@ -37,6 +37,9 @@ class Stage0Arguments:
     corpus: str = field(default=EMBEDDED_CORPUS_NAME, metadata={"help": "load_corpus name, folder or Hub id"})
     encoder: str = field(default="tiny-clip", metadata={"help": "load_encoder name or path (frozen)"})
     cache_dir: str = field(default="outputs/cache", metadata={"help": "corpus, encoder and feature cache"})
+    image_root: str | None = field(
+        default=None, metadata={"help": "COCO Karpathy: local folder of COCO images"}
+    )
     fit_splits: list[str] = field(
         default_factory=lambda: ["train", "test"], metadata={"help": "indexed at fit"}
     )
@@ -84,7 +87,8 @@ def split_features(script_args: Stage0Arguments, corpus, encoder, splits: list[s
 
 def main(script_args: Stage0Arguments, builder_config: SigmaIdentifierBuilderConfig) -> dict:
     # ----- data and features -----
-    corpus = load_corpus(script_args.corpus, cache_dir=script_args.cache_dir)
+    extra = {"image_root": script_args.image_root} if script_args.image_root else {}
+    corpus = load_corpus(script_args.corpus, cache_dir=script_args.cache_dir, **extra)
     encoder = load_encoder(script_args.encoder)
     features, image_ids, captions = split_features(script_args, corpus, encoder, script_args.fit_splits)
     print(

@@ -18,12 +18,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from trl import SFTConfig, TrlParser  # noqa: E402
 
-from modeling_sigma.corpus import get_split, load_corpus  # noqa: E402
+from modeling_sigma.corpus import get_split  # noqa: E402
 from modeling_sigma.embedded_backbone import build_sigma_model  # noqa: E402
 from modeling_sigma.recipe_config import parse_recipe_args  # noqa: E402
 from modeling_sigma.training import (  # noqa: E402
     SigmaStageArguments,
     load_identifiers,
+    load_stage_corpus,
+    lora_config,
     memorization_examples,
     train_and_save,
 )
@@ -37,7 +39,7 @@ def make_parser() -> TrlParser:
 
 def main(script_args: SigmaStageArguments, training_args: SFTConfig) -> dict:
     # ----- data -----
-    corpus = load_corpus(script_args.corpus, cache_dir=script_args.cache_dir)
+    corpus = load_stage_corpus(script_args)
     layout, codes, image_ids, identifiers = load_identifiers(script_args.stage0_dir)
     splits = [get_split(corpus, split) for split in script_args.train_splits]
     examples = memorization_examples(splits, identifiers)
@@ -55,7 +57,7 @@ def main(script_args: SigmaStageArguments, training_args: SFTConfig) -> dict:
     )
 
     # ----- train and save -----
-    metrics = train_and_save(model, processor, training_args, examples)
+    metrics = train_and_save(model, processor, training_args, examples, lora_config(script_args))
     print(f"stage 1 done: {metrics} → {training_args.output_dir}")
     return metrics
 

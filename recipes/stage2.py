@@ -17,13 +17,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from trl import SFTConfig, TrlParser  # noqa: E402
 
-from modeling_sigma.corpus import get_split, load_corpus  # noqa: E402
+from modeling_sigma.corpus import get_split  # noqa: E402
 from modeling_sigma.recipe_config import parse_recipe_args  # noqa: E402
 from modeling_sigma.training import (  # noqa: E402
     SigmaStageArguments,
     comprehension_examples,
     load_identifiers,
     load_previous_stage,
+    load_stage_corpus,
+    lora_config,
     memorization_examples,
     require_columns,
     train_and_save,
@@ -38,7 +40,7 @@ def make_parser() -> TrlParser:
 
 def main(script_args: SigmaStageArguments, training_args: SFTConfig) -> dict:
     # ----- data -----
-    corpus = load_corpus(script_args.corpus, cache_dir=script_args.cache_dir)
+    corpus = load_stage_corpus(script_args)
     _, _, _, identifiers = load_identifiers(script_args.stage0_dir)
     train = get_split(corpus, "train")
     require_columns(train, ["image", "image_id", "captions"], "the train split")
@@ -53,7 +55,7 @@ def main(script_args: SigmaStageArguments, training_args: SFTConfig) -> dict:
     model, processor = load_previous_stage(script_args.model_name_or_path, "stage1")
 
     # ----- train and save -----
-    metrics = train_and_save(model, processor, training_args, examples)
+    metrics = train_and_save(model, processor, training_args, examples, lora_config(script_args))
     print(f"stage 2 done: {metrics} → {training_args.output_dir}")
     return metrics
 

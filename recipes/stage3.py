@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from trl import SFTConfig, TrlParser  # noqa: E402
 
-from modeling_sigma.corpus import get_split, load_corpus  # noqa: E402
+from modeling_sigma.corpus import get_split  # noqa: E402
 from modeling_sigma.recipe_config import parse_recipe_args  # noqa: E402
 from modeling_sigma.soft_labels import SOFT_LABEL_COLUMN, add_soft_labels, load_teacher  # noqa: E402
 from modeling_sigma.training import (  # noqa: E402
@@ -26,6 +26,8 @@ from modeling_sigma.training import (  # noqa: E402
     alignment_examples,
     load_identifiers,
     load_previous_stage,
+    load_stage_corpus,
+    lora_config,
     require_columns,
     train_and_save,
 )
@@ -56,7 +58,7 @@ def soft_labelled_train_split(script_args: SigmaStageArguments, corpus):
 
 def main(script_args: SigmaStageArguments, training_args: SFTConfig) -> dict:
     # ----- data -----
-    corpus = load_corpus(script_args.corpus, cache_dir=script_args.cache_dir)
+    corpus = load_stage_corpus(script_args)
     _, _, _, identifiers = load_identifiers(script_args.stage0_dir)
     train = soft_labelled_train_split(script_args, corpus)
     soft_column = None if hard_labels_only(script_args.teacher) else SOFT_LABEL_COLUMN
@@ -69,7 +71,7 @@ def main(script_args: SigmaStageArguments, training_args: SFTConfig) -> dict:
         model.config.lambda_ssp = script_args.lambda_ssp
 
     # ----- train and save -----
-    metrics = train_and_save(model, processor, training_args, examples)
+    metrics = train_and_save(model, processor, training_args, examples, lora_config(script_args))
     print(f"stage 3 done: {metrics} → {training_args.output_dir}")
     return metrics
 

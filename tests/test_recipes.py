@@ -223,3 +223,62 @@ def test_killed_stage3_resumes_and_completes(workspace, tmp_path):
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert f"Resuming from {last}" in finished.stderr
     assert os.path.isfile(output / "config.json")
+
+
+REAL_CONFIGS = ["flickr30k.yaml", "coco.yaml", "flickr30k-lora.yaml"]
+
+
+@pytest.mark.parametrize("name", REAL_CONFIGS)
+def test_real_config_dry_run_with_the_tiny_backbone(workspace, tmp_path, name):
+    """Every section of a real (Hub, GPU) config parses, and each stage builds and takes one training step
+    with its own hyper-parameters once the tiny backbone, a local corpus and the CPU are swapped in."""
+    config = yaml.safe_load(open(os.path.join(ROOT, "recipes", "configs", name)))
+    out, small = (
+        tmp_path / "out",
+        {"corpus": workspace["corpus"], "cache_dir": str(workspace["out"] / "cache")},
+    )
+    device = {
+        "bf16": False,
+        "use_cpu": True,
+        "gradient_checkpointing": False,
+        "max_steps": 1,
+        "per_device_train_batch_size": 2,
+        "save_strategy": "no",
+        "disable_tqdm": True,
+    }
+    config["stage0"].update(
+        small,
+        encoder=workspace["encoder"],
+        output_dir=str(out / "stage0"),
+        k1=4,
+        k2=2,
+        k3=2,
+        k4=2,
+        kmeans_batch_size=64,
+        fit_splits=["train", "test"],
+    )
+    for stage, previous in (
+        ("stage1", "embedded"),
+        ("stage2", str(out / "stage1")),
+        ("stage3", str(out / "stage2")),
+    ):
+        config[stage].update(
+            small,
+            **device,
+            stage0_dir=str(out / "stage0"),
+            model_name_or_path=previous,
+            output_dir=str(out / stage),
+            image_root=None,
+        )
+    config["stage3"]["teacher"] = workspace["encoder"]
+    config["evaluate"].update(
+        small, model_name_or_path=str(out / "stage3"), output_file=None, max_queries=4, image_root=None
+    )
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    for stage in ("stage0", "stage1", "stage2", "stage3"):
+        run(stage, path)
+        assert stage == "stage0" or os.path.isfile(out / stage / "config.json")
+    assert run("evaluate", path)["queries"] == 4
+    if config["stage1"].get("use_lora"):  # adapters were merged: a plain SigmaForRetrieval checkpoint
+        assert not list((out / "stage3").glob("adapter_*"))

@@ -167,7 +167,7 @@ def test_recipe_arguments_yaml_section_and_overrides(tmp_path):
         sys.path.pop(0)
     config = os.path.join(REPO_ROOT, "recipes", "configs", "tiny-shapes.yaml")
     script_args, builder_config = parse_args(["--config", config, "--k1", "12", "--fit_splits", "train"])
-    assert builder_config.k1 == 12 and builder_config.k2 == 8 and script_args.fit_splits == ["train"]
+    assert builder_config.k1 == 12 and builder_config.k2 == 32 and script_args.fit_splits == ["train"]
     other = tmp_path / "other.yaml"
     other.write_text("stage0:\n  k1: 3\n  k_one: 2\nstage1:\n  learning_rate: 1.0\n")
     with pytest.raises(ValueError, match="k_one"):
