@@ -9,6 +9,9 @@ knows are an error naming them, in the YAML as on the command line.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
+import sys
 from dataclasses import fields
 
 import yaml
@@ -51,4 +54,20 @@ def parse_recipe_args(parser, section: str, argv: list[str] | None = None) -> tu
     return tuple(dataclasses)
 
 
-__all__ = ["parse_recipe_args", "read_section"]
+def load_recipe(path: str):
+    """Imports a recipe script (e.g. `recipes/stage3.py`) as a module, to call its `make_parser`/`main`."""
+    name = f"sigma_recipe_{os.path.splitext(os.path.basename(path))[0]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_recipe(path: str, argv: list[str]):
+    """Runs a recipe in this process, as `python path argv...` would; returns what its `main` returns."""
+    recipe = load_recipe(path)
+    return recipe.main(*parse_recipe_args(recipe.make_parser(), recipe.SECTION, argv))
+
+
+__all__ = ["load_recipe", "parse_recipe_args", "read_section", "run_recipe"]

@@ -52,6 +52,10 @@ class EvaluateArguments:
     output_file: str | None = field(default=None, metadata={"help": "JSON results file"})
 
 
+def make_parser() -> HfArgumentParser:
+    return HfArgumentParser(EvaluateArguments)
+
+
 def main(args: EvaluateArguments) -> dict:
     model, _ = load_previous_stage(args.model_name_or_path, "stage3")
     extra = {"image_root": args.image_root} if args.image_root else {}
@@ -79,4 +83,4 @@ def main(args: EvaluateArguments) -> dict:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    main(*parse_recipe_args(HfArgumentParser(EvaluateArguments), SECTION))
+    main(*parse_recipe_args(make_parser(), SECTION))

@@ -12,7 +12,6 @@ in-process with `recipes/configs/tiny-shapes.yaml`; the table is printed and wri
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -22,7 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from modeling_sigma.corpus import EMBEDDED_CORPUS_NAME, caption_pairs, load_corpus  # noqa: E402
 from modeling_sigma.encoders import encode_split, load_encoder  # noqa: E402
-from modeling_sigma.recipe_config import parse_recipe_args, read_section  # noqa: E402
+from modeling_sigma.recipe_config import read_section  # noqa: E402
+from modeling_sigma.recipe_config import run_recipe as run_recipe_file  # noqa: E402
 from modeling_sigma.two_tower import evaluate_two_tower  # noqa: E402
 
 RECIPES = os.path.dirname(os.path.abspath(__file__))
@@ -37,23 +37,9 @@ ABLATIONS = {
 }
 
 
-def load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", os.path.join(RECIPES, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_recipe(name: str, flags: list[str]):
-    recipe = load_recipe(name)
-    parser = (
-        recipe.make_parser()
-        if hasattr(recipe, "make_parser")
-        else recipe.HfArgumentParser(recipe.EvaluateArguments)
-    )
     print(f"\n=== {name} {' '.join(flags)}", flush=True)
-    return recipe.main(*parse_recipe_args(parser, name, ["--config", CONFIG, *flags]))
+    return run_recipe_file(os.path.join(RECIPES, f"{name}.py"), ["--config", CONFIG, *flags])
 
 
 def run_two_tower(cache_dir: str) -> dict[str, float]:

@@ -1,6 +1,5 @@
 """The stage recipes end to end on a very small corpus, their configs, resume and bad input."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -13,7 +12,7 @@ import torch
 import yaml
 
 from modeling_sigma.corpus import TinyShapesConfig, generate_tiny_shapes, save_corpus
-from modeling_sigma.recipe_config import parse_recipe_args
+from modeling_sigma.recipe_config import run_recipe
 from modeling_sigma.tiny_clip import TinyClipConfig, get_tiny_clip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,24 +30,8 @@ TRAINER = {
 }
 
 
-def load_recipe(name):
-    spec = importlib.util.spec_from_file_location(
-        f"recipe_{name}", os.path.join(ROOT, "recipes", f"{name}.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
 def run(name, config, *flags):
-    recipe = load_recipe(name)
-    parser = (
-        recipe.make_parser()
-        if hasattr(recipe, "make_parser")
-        else recipe.HfArgumentParser(recipe.EvaluateArguments)
-    )
-    return recipe.main(*parse_recipe_args(parser, name, ["--config", str(config), *flags]))
+    return run_recipe(os.path.join(ROOT, "recipes", f"{name}.py"), ["--config", str(config), *flags])
 
 
 def write_config(workspace, path, **overrides):
