@@ -188,6 +188,10 @@ class SigmaStageArguments:
     lambda_ssp: float | None = field(
         default=None, metadata={"help": "stage 3: weight of the similarity loss"}
     )
+    alignment_replay_fraction: float = field(
+        default=0.0,
+        metadata={"help": "stage 3: share of replayed stage-1 samples (keeps open-set assignment)"},
+    )
     similarity_hidden_size: int = field(default=256, metadata={"help": "stage 1: similarity-head width"})
     image_root: str | None = field(
         default=None, metadata={"help": "COCO Karpathy: local folder of COCO images"}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,6 +29,7 @@ from modeling_sigma.training import (  # noqa: E402
     load_previous_stage,
     load_stage_corpus,
     lora_config,
+    memorization_examples,
     require_columns,
     train_and_save,
 )
@@ -63,7 +65,13 @@ def main(script_args: SigmaStageArguments, training_args: SFTConfig) -> dict:
     train = soft_labelled_train_split(script_args, corpus)
     soft_column = None if hard_labels_only(script_args.teacher) else SOFT_LABEL_COLUMN
     examples = alignment_examples(train, identifiers, soft_column)
-    print(f"stage 3: {len(examples)} caption → identifier examples, soft labels from {script_args.teacher}")
+    if script_args.alignment_replay_fraction > 0:
+        replay = memorization_examples([get_split(corpus, s) for s in script_args.train_splits], identifiers)
+        count = min(len(replay), round(script_args.alignment_replay_fraction * len(examples)))
+        examples += random.Random(training_args.seed).sample(replay, count)
+    print(
+        f"stage 3: {len(examples)} examples (caption → identifier, plus replayed stage-1), soft labels from {script_args.teacher}"
+    )
 
     # ----- model -----
     model, processor = load_previous_stage(script_args.model_name_or_path, "stage2")
