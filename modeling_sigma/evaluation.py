@@ -29,32 +29,39 @@ def index_split(model, dataset) -> None:
     model.set_index(model.codebook_codes[rows], list(dataset["image_id"]))
 
 
+def retrieve_split(
+    model, dataset, k: int = 10, batch_size: int = 32, num_beams: int | None = None, max_queries=None
+) -> tuple[list[list[str]], list[str]]:
+    """Searches only the split's images with each of its captions (the first `max_queries`).
+
+    Returns (retrieved image ids per caption, best first; each caption's own image id). The model's full
+    index is restored afterwards.
+    """
+    queries, owners = caption_pairs(dataset)
+    if max_queries:
+        queries, owners = queries[:max_queries], owners[:max_queries]
+    full_codes, full_ids = model.codebook_codes, list(model.image_ids)
+    try:
+        index_split(model, dataset)
+        hits = model.retrieve(queries, k=k, batch_size=batch_size, num_beams=num_beams)
+    finally:
+        model.set_index(full_codes, full_ids)
+    image_ids = dataset["image_id"]
+    rankings = [[hit["image_id"] for hit in query_hits] for query_hits in hits]
+    return rankings, [image_ids[o] for o in owners]
+
+
 def evaluate_retrieval(
     model, dataset, ks=DEFAULT_KS, batch_size: int = 32, num_beams: int | None = None, max_queries=None
 ) -> dict:
     """Text→image Recall@K over the split's captions, searching only the split's images.
 
-    Returns the `recall@{k}` figures plus `queries`, `images` and `seconds`. The model's full index is
-    restored afterwards.
+    Returns the `recall@{k}` figures plus `queries`, `images` and `seconds`.
     """
-    full_codes, full_ids = model.codebook_codes, list(model.image_ids)
-    try:
-        index_split(model, dataset)
-        return _recall_over_captions(model, dataset, ks, batch_size, num_beams, max_queries)
-    finally:
-        model.set_index(full_codes, full_ids)
-
-
-def _recall_over_captions(model, dataset, ks, batch_size, num_beams, max_queries) -> dict:
-    queries, owners = caption_pairs(dataset)
-    if max_queries:
-        queries, owners = queries[:max_queries], owners[:max_queries]
-    image_ids = dataset["image_id"]
     start = time.time()
-    hits = model.retrieve(queries, k=max(ks), batch_size=batch_size, num_beams=num_beams)
-    rankings = [[hit["image_id"] for hit in query_hits] for query_hits in hits]
-    metrics = recall_at_k(rankings, [image_ids[o] for o in owners], ks)
-    metrics.update(queries=len(queries), images=len(image_ids), seconds=round(time.time() - start, 1))
+    rankings, relevant = retrieve_split(model, dataset, max(ks), batch_size, num_beams, max_queries)
+    metrics = recall_at_k(rankings, relevant, ks)
+    metrics.update(queries=len(rankings), images=len(dataset), seconds=round(time.time() - start, 1))
     return metrics
 
 
@@ -97,4 +104,10 @@ def comprehension_token_accuracy(model, dataset, identifiers: dict[str, str], ma
     return {"caption_token_accuracy": (correct.sum() / valid.sum()).item(), "captions": len(examples)}
 
 
-__all__ = ["comprehension_token_accuracy", "evaluate_retrieval", "index_split", "memorization_exact_match"]
+__all__ = [
+    "comprehension_token_accuracy",
+    "evaluate_retrieval",
+    "index_split",
+    "memorization_exact_match",
+    "retrieve_split",
+]

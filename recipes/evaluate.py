@@ -25,8 +25,8 @@ import evaluate  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
 from modeling_sigma import recall_metric  # noqa: E402
-from modeling_sigma.corpus import caption_pairs, get_split, load_corpus  # noqa: E402
-from modeling_sigma.evaluation import index_split  # noqa: E402
+from modeling_sigma.corpus import get_split, load_corpus  # noqa: E402
+from modeling_sigma.evaluation import retrieve_split  # noqa: E402
 from modeling_sigma.recipe_config import parse_recipe_args  # noqa: E402
 from modeling_sigma.training import load_previous_stage  # noqa: E402
 
@@ -60,19 +60,17 @@ def main(args: EvaluateArguments) -> dict:
     model, _ = load_previous_stage(args.model_name_or_path, "stage3")
     extra = {"image_root": args.image_root} if args.image_root else {}
     dataset = get_split(load_corpus(args.corpus, cache_dir=args.cache_dir, **extra), args.split)
-    full_codes, full_ids = model.codebook_codes, list(model.image_ids)
-    index_split(model, dataset)
-    queries, owners = caption_pairs(dataset)
-    queries, owners = queries[: args.max_queries], owners[: args.max_queries]
-    hits = model.retrieve(queries, k=10, batch_size=args.batch_size, num_beams=args.num_beams)
-    model.set_index(full_codes, full_ids)
-    recall = evaluate.load(recall_metric.__file__)
-    image_ids = dataset["image_id"]
-    results = recall.compute(
-        predictions=[[hit["image_id"] for hit in query] for query in hits],
-        references=[[image_ids[o]] for o in owners],
+    rankings, relevant = retrieve_split(
+        model,
+        dataset,
+        k=10,
+        batch_size=args.batch_size,
+        num_beams=args.num_beams,
+        max_queries=args.max_queries,
     )
-    report = {"arguments": asdict(args), "queries": len(queries), "images": len(dataset), **results}
+    recall = evaluate.load(recall_metric.__file__)
+    results = recall.compute(predictions=rankings, references=[[image_id] for image_id in relevant])
+    report = {"arguments": asdict(args), "queries": len(rankings), "images": len(dataset), **results}
     print(json.dumps(report, indent=2))
     if args.output_file:
         os.makedirs(os.path.dirname(os.path.abspath(args.output_file)), exist_ok=True)
