@@ -163,6 +163,24 @@ class SigmaTrainer(SFTTrainer):
             self._metrics[mode]["similarity_loss"].append(outputs.similarity_loss.item())
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """Resume with the checkpoint's weights. Trainer's own loader reads the safetensors file with
+        `load_state_dict(strict=False)`, which skips the Qwen2.5-VL key conversion that `from_pretrained` applies
+        (checkpoints keep the original `backbone.model.*` / `backbone.visual.*` names): every backbone weight
+        would be reported missing and training would go on from the freshly built weights."""
+        target = model if model is not None else self.model
+        if type(target).__name__ != "SigmaForRetrieval" or self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)  # peft adapters, FSDP shards
+        load_checkpoint_weights(target, resume_from_checkpoint)
+
+
+def load_checkpoint_weights(model, folder: str) -> None:
+    """Copy the weights of a saved `SigmaForRetrieval` folder into `model` (strict: every key must match)."""
+    logger.info("Loading model weights from %s.", folder)
+    saved = type(model).from_pretrained(folder)
+    model.load_state_dict(saved.state_dict(), strict=True)
+    del saved
+
 
 # ---------------------------------------------------------------------------------------------- recipes
 @dataclass

@@ -207,6 +207,7 @@ def test_killed_stage3_resumes_and_completes(workspace, tmp_path):
     )
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert f"Resuming from {last}" in finished.stderr
+    assert "missing keys" not in finished.stderr, "the checkpoint's weights were not restored"
     assert os.path.isfile(output / "config.json")
 
 
