@@ -30,20 +30,35 @@ def index_split(model, dataset) -> None:
 
 
 def retrieve_split(
-    model, dataset, k: int = 10, batch_size: int = 32, num_beams: int | None = None, max_queries=None
+    model,
+    dataset,
+    k: int = 10,
+    batch_size: int = 32,
+    num_beams: int | None = None,
+    max_queries=None,
+    rerank_weight: float | None = None,
 ) -> tuple[list[list[str]], list[str]]:
     """Searches only the split's images with each of its captions (the first `max_queries`).
 
-    Returns (retrieved image ids per caption, best first; each caption's own image id). The model's full
+    With `rerank_weight`, the beams are rescored by the similarity head as `SigmaImageIndex.search(rerank=True)`
+    does. Returns (retrieved image ids per caption, best first; each caption's own image id). The model's full
     index is restored afterwards.
     """
+    from .index import rerank_candidates, rerank_hits
+
     queries, owners = caption_pairs(dataset)
     if max_queries:
         queries, owners = queries[:max_queries], owners[:max_queries]
     full_codes, full_ids = model.codebook_codes, list(model.image_ids)
     try:
         index_split(model, dataset)
-        hits = model.retrieve(queries, k=k, batch_size=batch_size, num_beams=num_beams)
+        if rerank_weight is None:
+            hits = model.retrieve(queries, k=k, batch_size=batch_size, num_beams=num_beams)
+        else:
+            candidates = rerank_candidates(model, k, num_beams, len(dataset))
+            beams = max(num_beams or model.config.num_beams, candidates)
+            hits = model.retrieve(queries, k=candidates, batch_size=batch_size, num_beams=beams)
+            hits = rerank_hits(hits, k, rerank_weight)
     finally:
         model.set_index(full_codes, full_ids)
     image_ids = dataset["image_id"]
@@ -52,14 +67,23 @@ def retrieve_split(
 
 
 def evaluate_retrieval(
-    model, dataset, ks=DEFAULT_KS, batch_size: int = 32, num_beams: int | None = None, max_queries=None
+    model,
+    dataset,
+    ks=DEFAULT_KS,
+    batch_size: int = 32,
+    num_beams: int | None = None,
+    max_queries=None,
+    rerank_weight: float | None = None,
 ) -> dict:
-    """Text→image Recall@K over the split's captions, searching only the split's images.
+    """Text→image Recall@K over the split's captions, searching only the split's images (re-ranked by the
+    similarity head when `rerank_weight` is given).
 
     Returns the `recall@{k}` figures plus `queries`, `images` and `seconds`.
     """
     start = time.time()
-    rankings, relevant = retrieve_split(model, dataset, max(ks), batch_size, num_beams, max_queries)
+    rankings, relevant = retrieve_split(
+        model, dataset, max(ks), batch_size, num_beams, max_queries, rerank_weight
+    )
     metrics = recall_at_k(rankings, relevant, ks)
     metrics.update(queries=len(rankings), images=len(dataset), seconds=round(time.time() - start, 1))
     return metrics

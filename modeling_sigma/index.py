@@ -273,18 +273,13 @@ class SigmaImageIndex:
         if len(self) == 0:
             raise ValueError("the index is empty: add images first")
         self.attach(model)
-        candidates = min(max(k, num_beams or model.config.num_beams), len(self)) if rerank else k
+        candidates = rerank_candidates(model, k, num_beams, len(self)) if rerank else k
         beams = max(num_beams or 0, candidates) if num_beams or rerank else None
         results = model.retrieve(queries, k=candidates, num_beams=beams, **retrieve_kwargs)
         for hits in results:
             for hit in hits:
                 hit["metadata"] = self.metadata[self._rows[hit["image_id"]]]
-                if rerank:
-                    similarity = max(hit["similarity"], 1e-12)
-                    hit["fused_score"] = hit["score"] + rerank_weight * math.log(similarity)
-        if rerank:
-            results = [sorted(hits, key=lambda hit: -hit["fused_score"])[:k] for hits in results]
-        return results
+        return rerank_hits(results, k, rerank_weight) if rerank else results
 
     # ----------------------------------------------------------------------------------- persistence
     def save(self, folder: str | os.PathLike) -> None:
@@ -320,6 +315,23 @@ class SigmaImageIndex:
 
 
 @torch.no_grad()
+def rerank_hits(results: list[list[dict]], k: int, weight: float = 1.0) -> list[list[dict]]:
+    """Similarity-head re-ranking: `fused_score = score + weight * log(similarity)` on every hit, best `k` kept.
+
+    `results` are `model.retrieve` hits (beam log-probability `score`, head `similarity` in (0, 1)); the hits
+    gain a `fused_score` and each list is re-sorted by it.
+    """
+    for hits in results:
+        for hit in hits:
+            hit["fused_score"] = hit["score"] + weight * math.log(max(hit["similarity"], 1e-12))
+    return [sorted(hits, key=lambda hit: -hit["fused_score"])[:k] for hits in results]
+
+
+def rerank_candidates(model, k: int, num_beams: int | None, size: int) -> int:
+    """Beams to rescore when re-ranking: at least `k` and the beam width, at most the index size."""
+    return min(max(k, num_beams or model.config.num_beams), size)
+
+
 def generate_prefixes(model, images: list, batch_size: int = 64) -> torch.Tensor:
     """Levels 1..L-1 that the model writes for each image after the memorisation prompt (greedy)."""
     processor = model.processor
@@ -376,4 +388,11 @@ def _image_record(image, metadata: dict | None) -> dict:
     return record
 
 
-__all__ = ["SigmaImageIndex", "SigmaLayoutLogitsProcessor", "generate_prefixes", "model_fingerprint"]
+__all__ = [
+    "SigmaImageIndex",
+    "SigmaLayoutLogitsProcessor",
+    "generate_prefixes",
+    "model_fingerprint",
+    "rerank_candidates",
+    "rerank_hits",
+]

@@ -49,6 +49,10 @@ class EvaluateArguments:
     batch_size: int = field(default=64, metadata={"help": "queries per constrained beam search"})
     num_beams: int | None = field(default=None, metadata={"help": "beams (default: the model config's)"})
     max_queries: int | None = field(default=None, metadata={"help": "evaluate only the first N captions"})
+    rerank_weight: float | None = field(
+        default=None,
+        metadata={"help": "re-rank the beams by score + w * log(similarity head) with this w (default: off)"},
+    )
     output_file: str | None = field(default=None, metadata={"help": "JSON results file"})
 
 
@@ -67,6 +71,7 @@ def main(args: EvaluateArguments) -> dict:
         batch_size=args.batch_size,
         num_beams=args.num_beams,
         max_queries=args.max_queries,
+        rerank_weight=args.rerank_weight,
     )
     recall = evaluate.load(recall_metric.__file__)
     results = recall.compute(predictions=rankings, references=[[image_id] for image_id in relevant])

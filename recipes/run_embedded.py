@@ -12,6 +12,7 @@ in-process with `recipes/configs/tiny-shapes.yaml`; the table is printed and wri
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -28,6 +29,7 @@ from modeling_sigma.two_tower import evaluate_two_tower  # noqa: E402
 RECIPES = os.path.dirname(os.path.abspath(__file__))
 CONFIG = os.path.join(RECIPES, "configs", "tiny-shapes.yaml")
 SMOKE_OVERRIDES = ["--max_steps", "3", "--save_strategy", "no"]
+RERANK_WEIGHT = 1.0  # fused_score = beam log-probability + w * log(similarity head)
 # name → (extra flags per stage, stage-0 flags)
 ABLATIONS = {
     "w/o stage 1 (memorise)": ({"stage1": ["--num_train_epochs", "0"]}, []),
@@ -53,22 +55,62 @@ def run_two_tower(cache_dir: str) -> dict[str, float]:
     return evaluate_two_tower(image_features, ids, query_features, [ids[o] for o in owners])
 
 
-def run_sigma(root: str, stage_flags: dict, stage0_flags: list[str], smoke: bool) -> dict:
-    """Stage 0 → 3 and evaluation into `root`; returns the evaluation report."""
+RUN_RECORD = ".sigma_run.json"  # what produced a finished stage folder (for --reuse)
+
+
+def run_stage(name: str, flags: list[str], output_dir: str, reuse: bool) -> None:
+    """Runs a training recipe; with `reuse`, skips it when `output_dir` was finished by the same recipe,
+    flags and config file (its record is written only after the recipe returns)."""
+    with open(CONFIG, "rb") as stream:
+        record = {"recipe": name, "flags": flags, "config_sha256": hashlib.sha256(stream.read()).hexdigest()}
+    record_file = os.path.join(output_dir, RUN_RECORD)
+    if reuse and os.path.isfile(record_file):
+        with open(record_file) as stream:
+            if json.load(stream) == record:
+                print(f"\n=== {name}: reusing {output_dir} (same recipe, flags and config)", flush=True)
+                return
+    run_recipe(name, flags)
+    with open(record_file, "w") as stream:
+        json.dump(record, stream, indent=2)
+
+
+def run_sigma(
+    root: str,
+    stage_flags: dict,
+    stage0_flags: list[str],
+    smoke: bool,
+    reuse: bool = False,
+    rerank: bool = False,
+) -> dict:
+    """Stage 0 → 3 and evaluation into `root`; returns the evaluation report (with `rerank`, plus the
+    similarity-head re-ranked figures under `"reranked"`)."""
     dirs = {f"stage{n}": os.path.join(root, f"stage{n}") for n in range(4)}
     common = SMOKE_OVERRIDES if smoke else []
-    run_recipe("stage0", ["--output_dir", dirs["stage0"], *stage0_flags])
+    run_stage("stage0", ["--output_dir", dirs["stage0"], *stage0_flags], dirs["stage0"], reuse)
     previous = None
     for stage in ("stage1", "stage2", "stage3"):
         flags = ["--stage0_dir", dirs["stage0"], "--output_dir", dirs[stage], "--disable_tqdm", "true"]
         flags += ["--model_name_or_path", previous] if previous else []
-        run_recipe(stage, [*flags, *common, *stage_flags.get(stage, [])])
+        run_stage(stage, [*flags, *common, *stage_flags.get(stage, [])], dirs[stage], reuse)
         previous = dirs[stage]
-    flags = ["--model_name_or_path", previous, "--output_file", os.path.join(root, "evaluation.json")]
-    return run_recipe("evaluate", flags + (["--max_queries", "64"] if smoke else []))
+    flags = ["--model_name_or_path", previous] + (["--max_queries", "64"] if smoke else [])
+    report = run_recipe("evaluate", flags + ["--output_file", os.path.join(root, "evaluation.json")])
+    if not rerank:
+        return report
+    reranked = run_recipe(
+        "evaluate",
+        flags
+        + [
+            "--rerank_weight",
+            str(RERANK_WEIGHT),
+            "--output_file",
+            os.path.join(root, "evaluation-rerank.json"),
+        ],
+    )
+    return {**report, "reranked": reranked}
 
 
-def run_open_set(root: str, cache_dir: str, mode: str, smoke: bool) -> dict:
+def run_open_set(root: str, cache_dir: str, mode: str, smoke: bool, rerank: bool = False) -> dict:
     """Adds the never-trained-on `unseen` images to the stage-3 model's index without training
     (`mode`: the model's stage-1 generation or the stage-0 quantiser), then queries their captions."""
     from modeling_sigma.evaluation import evaluate_retrieval
@@ -91,16 +133,23 @@ def run_open_set(root: str, cache_dir: str, mode: str, smoke: bool) -> dict:
         unseen["image"], unseen["image_id"], mode=mode, model=model, **extra
     )
     added = time.time() - lap
-    metrics = evaluate_retrieval(model, unseen, max_queries=64 if smoke else None)
+    max_queries = 64 if smoke else None
+    metrics = evaluate_retrieval(model, unseen, max_queries=max_queries)
     metrics["images_per_second_added"] = round(len(unseen) / added, 1)
+    if rerank:
+        metrics["reranked"] = evaluate_retrieval(
+            model, unseen, max_queries=max_queries, rerank_weight=RERANK_WEIGHT
+        )
     return metrics
 
 
 def format_table(rows: dict[str, dict], chance: float) -> str:
     lines = ["| system | R@1 | R@5 | R@10 |", "|---|---|---|---|"]
     for name, metrics in rows.items():
-        cells = " | ".join(f"{100 * metrics[f'recall@{k}']:.1f}" for k in (1, 5, 10))
-        lines.append(f"| {name} | {cells} |")
+        for label, figures in ((name, metrics), (f"{name} + re-ranking", metrics.get("reranked"))):
+            if figures:
+                cells = " | ".join(f"{100 * figures[f'recall@{k}']:.1f}" for k in (1, 5, 10))
+                lines.append(f"| {label} | {cells} |")
     lines.append(
         f"| chance (1 / test images) | {100 * chance:.1f} | {500 * chance:.1f} | {1000 * chance:.1f} |"
     )
@@ -115,25 +164,31 @@ def main(argv=None) -> dict:
     parser.add_argument("--results", default="results/embedded.json", help="where the table is written")
     parser.add_argument("--ablations", action="store_true", help="also train the four ablations (~4× longer)")
     parser.add_argument("--smoke", action="store_true", help="3 steps per stage, 64 queries: plumbing only")
+    parser.add_argument(
+        "--rerank", action="store_true", help="also report every SIGMA row re-ranked by the similarity head"
+    )
+    parser.add_argument(
+        "--reuse", action="store_true", help="skip stages whose folder a run with the same flags finished"
+    )
     args = parser.parse_args(argv)
     start, timings = time.time(), {}
     cache_dir = read_section(CONFIG, "stage0").get("cache_dir", "outputs/cache")
 
     rows = {"two-tower (tiny CLIP + faiss)": run_two_tower(cache_dir)}
     timings["two-tower"] = round(time.time() - start, 1)
-    rows["SIGMA-tiny"] = run_sigma(args.output_dir, {}, [], args.smoke)
+    rows["SIGMA-tiny"] = run_sigma(args.output_dir, {}, [], args.smoke, args.reuse, args.rerank)
     timings["SIGMA-tiny"] = round(time.time() - start - timings["two-tower"], 1)
     for mode in ("generate", "quantizer"):
         lap = time.time()
         rows[f"SIGMA-tiny, unseen images added after training ({mode})"] = run_open_set(
-            args.output_dir, cache_dir, mode, args.smoke
+            args.output_dir, cache_dir, mode, args.smoke, args.rerank
         )
         timings[f"open-set {mode}"] = round(time.time() - lap, 1)
     if args.ablations:
         for number, (name, (stage_flags, stage0_flags)) in enumerate(ABLATIONS.items()):
             root = os.path.join(args.output_dir, f"ablation-{number}")
             lap = time.time()
-            rows[name] = run_sigma(root, stage_flags, stage0_flags, args.smoke)
+            rows[name] = run_sigma(root, stage_flags, stage0_flags, args.smoke, args.reuse, args.rerank)
             timings[name] = round(time.time() - lap, 1)
 
     corpus = load_corpus(EMBEDDED_CORPUS_NAME, cache_dir=cache_dir)
