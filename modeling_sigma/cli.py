@@ -6,6 +6,7 @@
     sigma index remove IDS... --model DIR --index DIR
     sigma index info --index DIR
     sigma eval --model DIR --split test [--corpus tiny-shapes] [--index DIR] [-k 1 5 10]
+    sigma push model|codebook|corpus SOURCE --repo-id ORG/NAME [--private] [--to-folder DIR [--overwrite]]
 
 Heavy imports happen inside the commands so that `--help` is instant. Errors in the input (unknown ids, an
 unreadable image, an index built for another model) print one line and exit with status 2.
@@ -64,6 +65,40 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("-k", type=int, nargs="+", default=[1, 5, 10], help="the K of Recall@K")
     evaluate.add_argument("--max-queries", type=int, default=None, help="evaluate the first N captions only")
     evaluate.set_defaults(handler=run_eval)
+
+    push = commands.add_parser("push", help="publish a checkpoint, a stage-0 codebook or a corpus on the Hub")
+    push_commands = push.add_subparsers(dest="push_command", required=True)
+    sources = {
+        "model": "SIGMA checkpoint folder (save_pretrained); the model card is model_card.md",
+        "codebook": "stage-0 folder written by recipes/stage0.py",
+        "corpus": "'tiny-shapes' (generated), or a folder written by save_corpus",
+    }
+    for kind, source_help in sources.items():
+        command = push_commands.add_parser(kind, help=f"push a {kind} repo ({source_help.split(' (')[0]})")
+        command.add_argument("source", help=source_help)
+        command.add_argument(
+            "--repo-id", required=True, metavar="ORG/NAME", help="Hub repo id (also in the card)"
+        )
+        command.add_argument("--private", action="store_true", help="create the repo private")
+        command.add_argument("--revision", default=None, help="branch to commit to (created if missing)")
+        command.add_argument("--commit-message", default=None)
+        command.add_argument(
+            "--to-folder", default=None, metavar="DIR", help="write the repo files here, no upload"
+        )
+        command.add_argument("--overwrite", action="store_true", help="replace a non-empty --to-folder")
+        if kind == "model":
+            command.add_argument(
+                "--card", default=None, metavar="PATH", help="model card (default: model_card.md)"
+            )
+            command.add_argument(
+                "--base-model",
+                default=None,
+                metavar="ID",
+                help="set the card's base_model ('none' removes it)",
+            )
+        else:
+            command.add_argument("--license", default=None, help="license of the dataset card")
+        command.set_defaults(handler=run_push, push_kind=kind)
     return parser
 
 
@@ -146,6 +181,34 @@ def run_eval(args: argparse.Namespace) -> None:
     print(json.dumps(metrics, indent=2))
 
 
+def run_push(args: argparse.Namespace) -> None:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from . import hub
+
+    push = {
+        "model": hub.push_model_to_hub,
+        "codebook": hub.push_codebook_to_hub,
+        "corpus": hub.push_corpus_to_hub,
+    }
+    options = {"card": args.card} if args.push_kind == "model" else {}
+    if args.push_kind == "model" and args.base_model is not None:
+        options["card_metadata"] = {
+            "base_model": None if args.base_model.lower() == "none" else args.base_model
+        }
+    if args.push_kind != "model" and args.license is not None:
+        options["license"] = args.license
+    try:
+        result = push[args.push_kind](
+            args.source, args.repo_id, local_dir=args.to_folder, private=args.private or None, revision=args.revision,
+            commit_message=args.commit_message, overwrite=args.overwrite, **options,
+        )  # fmt: skip
+    except (HfHubHTTPError, ConnectionError) as error:  # auth, permissions, offline mode
+        raise ValueError(f"could not push to {args.repo_id}: {error}") from error
+    where = "wrote" if args.to_folder else "pushed"
+    print(f"{where} {args.push_kind} repo {args.repo_id}: {result}")
+
+
 # ------------------------------------------------------------------------------------------- helpers
 def _load_model(path: str):
     from .modeling_sigma import SigmaForRetrieval
@@ -193,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         args.handler(args)
-    except (ValueError, FileNotFoundError, KeyError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as error:
         print(f"sigma: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -355,18 +355,15 @@ class SigmaIdentifierBuilder:
         return builder
 
     def push_to_hub(self, repo_id: str, private: bool = True, token: str | None = None) -> str:
-        """Upload the saved folder to a Hub dataset repo; returns the commit URL."""
+        """Upload as a Hub dataset repo (parquet codebook split, quantizer, config, dataset card) through
+        `modeling_sigma.hub.push_codebook_to_hub`; returns the commit URL."""
         import tempfile
 
-        from huggingface_hub import HfApi
+        from .hub import push_codebook_to_hub
 
-        api = HfApi(token=token)
-        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
             self.save(f"{tmp}/stage0")
-            info = api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=f"{tmp}/stage0",
-                                     commit_message="Upload SIGMA stage-0 identifiers")  # fmt: skip
-        return str(info)
+            return push_codebook_to_hub(f"{tmp}/stage0", repo_id, private=private, token=token)
 
 
 def _nearest(data: np.ndarray, centers: np.ndarray) -> np.ndarray:

@@ -5,6 +5,10 @@
       quantizer.safetensors     centroids, per-cluster Semi-NMF bases, residual codebooks (float64)
       stage0_config.json        layout, builder config, statistics
 
+The Hub layout (`modeling_sigma.hub.export_codebook_repo`) holds the same codebook as parquet shards,
+`data/codebook-00000-of-00001.parquet`, beside the same two files and a README dataset card, so that
+`datasets.load_dataset(repo)` reads it too. Readers accept either layout.
+
 Writes go to a temporary folder beside the target, which then replaces the target by rename, so a
 reader never sees a half-written folder.
 """
@@ -26,8 +30,11 @@ logger = logging.getLogger(__name__)
 CODEBOOK_DIR = "codebook"
 QUANTIZER_FILE = "quantizer.safetensors"
 CONFIG_FILE = "stage0_config.json"
+PARQUET_DIR = "data"
+CODEBOOK_SPLIT = "codebook"
 FORMAT_VERSION = 1
-_REQUIRED = (CONFIG_FILE, QUANTIZER_FILE, f"{CODEBOOK_DIR}/dataset_info.json", f"{CODEBOOK_DIR}/state.json")
+_REQUIRED = (CONFIG_FILE, QUANTIZER_FILE)
+_SAVED_CODEBOOK = (f"{CODEBOOK_DIR}/dataset_info.json", f"{CODEBOOK_DIR}/state.json")
 
 
 def save_builder_folder(
@@ -90,9 +97,32 @@ def resolve_folder(path_or_repo: str | os.PathLike, revision: str | None = None)
     return Path(snapshot_download(str(path_or_repo), repo_type="dataset", revision=revision))
 
 
+def codebook_parquet_files(folder: str | os.PathLike) -> list[Path]:
+    """The parquet shards of the codebook in the Hub layout, in row order (empty in the save_to_disk one).
+
+    Shards are `data/<split>-<index>-of-<count>.parquet`; the `codebook` split is read, or the only split
+    when the folder was pushed under another name (`Dataset.push_to_hub` writes `train`).
+    """
+    shards = sorted(Path(folder, PARQUET_DIR).glob("*.parquet"))
+    splits = sorted({shard.name.split("-", 1)[0] for shard in shards})
+    if len(splits) > 1 and CODEBOOK_SPLIT not in splits:
+        raise ValueError(f"{folder}/{PARQUET_DIR} holds the splits {splits}; expected {CODEBOOK_SPLIT!r}")
+    split = CODEBOOK_SPLIT if CODEBOOK_SPLIT in splits else (splits[0] if splits else None)
+    return [shard for shard in shards if shard.name.split("-", 1)[0] == split]
+
+
+def _has_saved_codebook(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in _SAVED_CODEBOOK)
+
+
 def check_folder(folder: Path) -> None:
-    """Raise `FileNotFoundError` naming every missing part of a stage-0 folder."""
+    """Raise `FileNotFoundError` naming every missing part of a stage-0 folder (either codebook layout)."""
     missing = [name for name in _REQUIRED if not (folder / name).is_file()]
+    if not _has_saved_codebook(folder) and not codebook_parquet_files(folder):
+        if (folder / CODEBOOK_DIR).is_dir():
+            missing += [name for name in _SAVED_CODEBOOK if not (folder / name).is_file()]
+        else:
+            missing.append(f"{CODEBOOK_DIR}/ (save_to_disk) or {PARQUET_DIR}/*.parquet")
     if missing:
         raise FileNotFoundError(
             f"{folder} is not a complete stage-0 folder: missing {missing}; rebuild it with recipes/stage0.py"
@@ -115,11 +145,26 @@ def load_builder_folder(
 
 def load_codebook(path_or_repo: str | os.PathLike, revision: str | None = None) -> Any:
     """The codebook `datasets.Dataset` (image_id, identifier, codes) of a stage-0 folder or Hub repo."""
-    from datasets import load_from_disk
+    from datasets import Dataset, load_from_disk
 
     folder = resolve_folder(path_or_repo, revision)
     check_folder(folder)
-    return load_from_disk(str(folder / CODEBOOK_DIR))
+    if _has_saved_codebook(folder):
+        return load_from_disk(str(folder / CODEBOOK_DIR))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # Read in memory rather than through load_dataset, which would copy the shards into the datasets cache;
+    # the features (int32 codes) come back from the schema metadata that to_parquet wrote.
+    shards = [pq.read_table(shard) for shard in codebook_parquet_files(folder)]
+    return Dataset(pa.concat_tables(shards))
 
 
-__all__ = ["check_folder", "load_builder_folder", "load_codebook", "resolve_folder", "save_builder_folder"]
+__all__ = [
+    "check_folder",
+    "codebook_parquet_files",
+    "load_builder_folder",
+    "load_codebook",
+    "resolve_folder",
+    "save_builder_folder",
+]
