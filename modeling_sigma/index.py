@@ -314,7 +314,6 @@ class SigmaImageIndex:
         return f"SigmaImageIndex(images={len(self)}, layout={self.layout.sizes})"
 
 
-@torch.no_grad()
 def rerank_hits(results: list[list[dict]], k: int, weight: float = 1.0) -> list[list[dict]]:
     """Similarity-head re-ranking: `fused_score = score + weight * log(similarity)` on every hit, best `k` kept.
 
@@ -332,6 +331,7 @@ def rerank_candidates(model, k: int, num_beams: int | None, size: int) -> int:
     return min(max(k, num_beams or model.config.num_beams), size)
 
 
+@torch.no_grad()
 def generate_prefixes(model, images: list, batch_size: int = 64) -> torch.Tensor:
     """Levels 1..L-1 that the model writes for each image after the memorisation prompt (greedy)."""
     processor = model.processor

@@ -350,6 +350,54 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
             **kwargs,
         )
 
+    # ------------------------------------------------------------ description
+    @torch.no_grad()
+    def describe(self, identifiers: list[str], max_new_tokens: int = 48, processor=None) -> list[str]:
+        """The caption the model writes for each identifier (stage-2 comprehension), greedy and unconstrained.
+
+        Args:
+            identifiers (`list[str]`): identifier strings such as `<id1_3><id2_0>…`, indexed by this model when
+                it has an index installed.
+            max_new_tokens (`int`, *optional*, defaults to 48): longest caption, in tokens.
+            processor (`SigmaProcessor`, *optional*): defaults to the processor loaded with the model.
+
+        Returns:
+            One caption per identifier. A malformed identifier raises `ValueError`, one that is well formed but
+            not indexed raises `KeyError`; both name the identifier.
+        """
+        processor = processor if processor is not None else self.processor
+        if processor is None:
+            raise ValueError(
+                "describe needs a processor: pass `processor=` or load a checkpoint that has one"
+            )
+        if isinstance(identifiers, str) or not isinstance(identifiers, (list, tuple)) or not identifiers:
+            raise ValueError("identifiers must be a non-empty list of strings")
+        for identifier in identifiers:
+            self.config.layout.string_to_codes(identifier)  # ValueError when malformed
+            if self.trie is not None:
+                self.identifier_to_image_id(identifier)  # KeyError when not indexed
+        # the stage-2 training prompt (training.SigmaCollator): a user turn, then the assistant header
+        texts = [
+            processor.apply_chat_template(
+                [{"role": "user", "content": self.config.comprehension_prompt.format(identifier=i.strip())}],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            for i in identifiers
+        ]
+        inputs = processor.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt")
+        input_ids = inputs["input_ids"].to(self.device)  # (batch, prompt)
+        sequences = self.generate(
+            input_ids=input_ids,
+            attention_mask=inputs["attention_mask"].to(self.device),
+            use_trie=False,
+            max_new_tokens=max_new_tokens,
+            num_beams=1,
+        )  # (batch, prompt + new)
+        new_tokens = sequences[:, input_ids.shape[1] :]  # (batch, new)
+        captions = processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return [caption.strip() for caption in captions]
+
     # -------------------------------------------------------------- retrieval
     @torch.no_grad()
     def retrieve(
