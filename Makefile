@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export GRADIO_ANALYTICS_ENABLED ?= False
 
-.PHONY: install e2e smoke test test-all quality format clean
+.PHONY: install e2e smoke test test-all bench quality format clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,6 +25,9 @@ smoke: install  ## the same job on a very small corpus, in a couple of minutes
 
 test: install  ## the test suite CI runs (slow tests excluded)
 	$(PY) -m pytest -q
+
+bench: install  ## the benchmark suite: results/*.json, *.png, and the tables of README.md and model_card.md
+	$(PY) benchmarks/run_suite.py $(BENCH_ARGS)
 
 test-all: install
 	$(PY) -m pytest -q -m ""

@@ -20,6 +20,38 @@ from modeling_sigma.identifier_tokens import SigmaIdentifierLayout
 from modeling_sigma.index import SigmaImageIndex
 
 
+def measure_insert_throughput(
+    num_images: int = 256, rounds: int = 3, batch_size: int = 64, add_size: int = 128, threads: int = 1
+) -> dict:
+    """Wall and CPU time of `rounds` × (add `num_images` in calls of `add_size`, then remove them)."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model, _ = build_sigma_model("embedded", SigmaIdentifierLayout())
+    model.eval()
+    corpus = generate_tiny_shapes(TinyShapesConfig(num_train=1, num_test=num_images, num_unseen=1))
+    images, image_ids = corpus["test"]["image"], corpus["test"]["image_id"]
+    index = SigmaImageIndex.from_model(model)
+    index.add(images[:8], [f"warmup-{i}" for i in range(8)], model=model, batch_size=batch_size)
+    elapsed = cpu = 0.0
+    for _ in range(rounds):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        for first in range(0, len(images), add_size):
+            chunk = slice(first, first + add_size)
+            index.add(images[chunk], image_ids[chunk], model=model, batch_size=batch_size)
+        elapsed, cpu = elapsed + time.perf_counter() - start, cpu + time.process_time() - cpu_start
+        distinct = len(set(map(tuple, index.codes[:, :-1].tolist())))
+        index.remove(image_ids, model=model)
+    total = rounds * len(images)
+    return {
+        "images": total,
+        "seconds": elapsed,
+        "images_per_second": total / elapsed,
+        "images_per_cpu_second": total / cpu,
+        "threads": threads,
+        "distinct_prefixes_per_round": distinct,
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-images", type=int, default=256)
@@ -28,28 +60,19 @@ def main():
     parser.add_argument("--add-size", type=int, default=128, help="images per index.add call")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model, _ = build_sigma_model("embedded", SigmaIdentifierLayout())
-    model.eval()
-    corpus = generate_tiny_shapes(TinyShapesConfig(num_train=1, num_test=args.num_images, num_unseen=1))
-    images, image_ids = corpus["test"]["image"], corpus["test"]["image_id"]
-    index = SigmaImageIndex.from_model(model)
-    index.add(images[:8], [f"warmup-{i}" for i in range(8)], model=model, batch_size=args.batch_size)
-    elapsed = cpu = 0.0
-    for _ in range(args.rounds):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        for first in range(0, len(images), args.add_size):
-            chunk = slice(first, first + args.add_size)
-            index.add(images[chunk], image_ids[chunk], model=model, batch_size=args.batch_size)
-        elapsed, cpu = elapsed + time.perf_counter() - start, cpu + time.process_time() - cpu_start
-        distinct = len(set(map(tuple, index.codes[:, :-1].tolist())))
-        index.remove(image_ids, model=model)
-    total = args.rounds * len(images)
-    print(f"indexed {total} images in {elapsed:.2f} s: {total / elapsed:.1f} images/s")
+    figures = measure_insert_throughput(
+        args.num_images, args.rounds, args.batch_size, args.add_size, args.threads
+    )
+    print(
+        f"indexed {figures['images']} images in {figures['seconds']:.2f} s: {figures['images_per_second']:.1f} images/s"
+    )
     # on a shared machine wall time depends on the load; CPU time per image does not (much)
-    print(f"CPU time {cpu:.2f} s over {args.threads} threads: {total / cpu:.1f} images per CPU-second")
-    print(f"{len(images)} images per round got {distinct} distinct prefixes")
+    print(
+        f"CPU time over {args.threads} threads: {figures['images_per_cpu_second']:.1f} images per CPU-second"
+    )
+    print(
+        f"{args.num_images} images per round got {figures['distinct_prefixes_per_round']} distinct prefixes"
+    )
 
 
 if __name__ == "__main__":

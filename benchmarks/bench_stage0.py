@@ -142,8 +142,11 @@ def _call_rows(prefix_fn, input_ids: torch.Tensor) -> None:
         prefix_fn(0, row)
 
 
-def bench_trie(codes: torch.Tensor, sizes: list[int], label: str, args: argparse.Namespace) -> None:
-    """Per decode depth: SigmaTrieLogitsProcessor and allowed_mask vs the dict-trie PrefixConstrained processor."""
+def bench_trie(codes: torch.Tensor, sizes: list[int], label: str, args: argparse.Namespace) -> dict:
+    """Per decode depth: SigmaTrieLogitsProcessor and allowed_mask vs the dict-trie PrefixConstrained processor.
+
+    Prints the table and returns `{"bytes_per_identifier", "build_s", "dict_build_s", "ms_per_step": {vocab:
+    {method: mean ms over the decode steps}}}`."""
     num, length = codes.shape
     start = time.perf_counter()
     trie = SigmaIdentifierTrie.from_codes(codes, sizes)
@@ -172,6 +175,8 @@ def bench_trie(codes: torch.Tensor, sizes: list[int], label: str, args: argparse
     print(f"{'vocab':>8}  {'method':<32} {'mean ms':>8}  {header}  speed-up vs dict processor")
     mask_ms = [_median_ms(partial(trie.allowed_mask, picked[:, :depth]), args.repeats) for depth in depths]
     fn_ms = [_median_ms(partial(_call_rows, prefix_fn, ids), max(3, args.repeats // 10)) for ids in input_ids]
+    figures = {"bytes_per_identifier": trie.nbytes / num, "build_s": trie_s, "dict_build_s": dict_s}
+    figures["ms_per_step"] = {}
     for vocab in args.vocab_sizes:
         vocab = max(vocab, BASE_VOCAB + sum(sizes))
         sigma_ms, dict_ms = [], []
@@ -195,6 +200,8 @@ def bench_trie(codes: torch.Tensor, sizes: list[int], label: str, args: argparse
             cells = " ".join(f"{t:7.3f}" for t in times)
             ratio = " ".join(f"{d / t:.0f}" for d, t in zip(dict_ms, times))
             print(f"{vocab:>8,}  {name:<32} {mean:8.3f}  {cells}  {base / mean:6.1f}x  (per depth {ratio})")
+            figures["ms_per_step"].setdefault(vocab, {})[name] = mean
+    return figures
 
 
 def bench_size(num: int, args: argparse.Namespace) -> None:

@@ -1,0 +1,501 @@
+"""The benchmark suite: every quality and efficiency figure of the README, as JSON, Markdown tables and PNG plots.
+
+    make bench                                        # = python benchmarks/run_suite.py (about 1 h on 2 CPU cores)
+    python benchmarks/run_suite.py --reuse            # keep stage folders an identical earlier run finished
+    python benchmarks/run_suite.py --skip-quality     # efficiency only (about 15 min)
+    python benchmarks/run_suite.py --plots-only       # redraw plots and tables from results/benchmarks.json
+
+Quality (`recipes/run_embedded.py --ablations --rerank`, TinyShapes, Recall@1/5/10): the two-tower baseline,
+SIGMA-tiny, its four ablations (no stage 1, no stage 2, no soft labels, random identifiers), each with and
+without similarity-head re-ranking; `test` queries (images indexed at training) and `unseen` queries (images
+added after training by stage-1 generation or by the stage-0 quantiser).
+
+Efficiency (1 thread, synthetic identifiers in the paper layout 64/32/16/32/64):
+- query latency against corpus size 1K → 1M: the tiny SIGMA model (trie-constrained beam search, k = 10,
+  10 beams) against a two-tower with exact faiss search (tiny-CLIP text tower + `IndexFlatIP`, at the tiny CLIP
+  width and at 512-d, a CLIP ViT-B width), and where the two curves cross;
+- constraint overhead per decode step: the tiny model's beam search with and without the trie, and the
+  logits-processor alone against transformers' `PrefixConstrainedLogitsProcessor` over a dict trie;
+- stage-0 build time (k-means + Semi-NMF + residual codebooks) on synthetic 512-d features;
+- open-set insert throughput (`SigmaImageIndex.add`, generation mode).
+
+Outputs: results/benchmarks.json, results/BENCHMARKS.md, results/quality.png, results/latency.png,
+results/efficiency.png; the tables between the `<!-- benchmarks:start -->` / `<!-- benchmarks:end -->` markers of
+README.md and model_card.md are replaced with the new ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from functools import partial
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import bench_index  # noqa: E402
+import bench_retrieval  # noqa: E402
+import bench_stage0  # noqa: E402
+
+from modeling_sigma.embedded_backbone import build_sigma_model  # noqa: E402
+from modeling_sigma.identifier_tokens import SigmaIdentifierLayout  # noqa: E402
+
+RESULTS = os.path.join(ROOT, "results")
+MARKERS = ("<!-- benchmarks:start -->", "<!-- benchmarks:end -->")
+PAPER_LAYOUT = [64, 32, 16, 32, 64]
+QUERIES = [
+    f"a {colour} {shape}"
+    for colour in ("red", "green", "blue", "yellow")
+    for shape in "circle square triangle star cross diamond star circle".split()
+]
+
+
+# ------------------------------------------------------------------------------------------------ quality
+def run_quality(reuse: bool) -> dict:
+    """Trains and evaluates every system of the quality table (recipes/run_embedded.py)."""
+    sys.path.insert(0, os.path.join(ROOT, "recipes"))
+    import run_embedded
+
+    argv = ["--ablations", "--rerank", "--results", os.path.join(RESULTS, "embedded.json")]
+    report = run_embedded.main(argv + (["--reuse"] if reuse else []))
+    rows = []
+    for name, metrics in report["results"].items():
+        searched = "unseen" if "unseen" in name else "test"
+        for reranked, figures in ((False, metrics), (True, metrics.get("reranked"))):
+            if figures:
+                recall = {f"R@{k}": round(100 * figures[f"recall@{k}"], 1) for k in (1, 5, 10)}
+                rows.append({"system": name, "searched": searched, "reranked": reranked, **recall})
+    return {
+        "command": "recipes/run_embedded.py " + " ".join(argv),
+        "rows": rows,
+        "seconds": report["seconds"],
+    }
+
+
+# --------------------------------------------------------------------------------------------- efficiency
+def p50_ms(call, repeats: int) -> float:
+    call()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def interleaved_p50_ms(calls: list, repeats: int) -> list[float]:
+    """Median ms of each call, alternating them every repeat so that machine load hits them alike."""
+    times = [[] for _ in calls]
+    for repeat in range(repeats + 1):
+        for call, samples in zip(calls, times):
+            start = time.perf_counter()
+            call()
+            if repeat:  # the first round is warm-up
+                samples.append(time.perf_counter() - start)
+    return [statistics.median(samples) * 1e3 for samples in times]
+
+
+def generate_ids(model, kwargs: dict) -> None:
+    with torch.no_grad():
+        model.generate(**kwargs)
+
+
+def crossover(sizes: list[int], flat_ms: list[float], generative_ms: float) -> dict:
+    """Corpus size where exact search (linear in N: least squares `a + b N`) gets slower than generation."""
+    if flat_ms[-1] <= flat_ms[0]:  # no growth with N (noise only): no crossing to speak of
+        return {"corpus_size": None, "measured": False}
+    slope, intercept = np.polyfit(np.asarray(sizes, dtype=float), np.asarray(flat_ms), 1)
+    size = max(0.0, (generative_ms - intercept) / slope)
+    return {"corpus_size": int(size), "measured": bool(min(sizes) <= size <= max(sizes))}
+
+
+def flat_search(encoder, index, projection, queries: list[str]) -> None:
+    """One two-tower query batch: the text tower (part of every query's cost), then exact search."""
+    features = encoder.encode_texts(queries)
+    if projection is not None:  # a wider embedding space than the tiny CLIP's
+        features = np.ascontiguousarray(features @ projection)
+    index.search(features, 10)
+
+
+def run_latency(sizes: list[int], repeats: int, dims: list[int]) -> dict:
+    """p50 query latency (batch 1 and batch 32) of the tiny SIGMA model and of faiss flat search, per size."""
+    import faiss
+
+    from modeling_sigma.encoders import load_encoder
+
+    faiss.omp_set_num_threads(1)
+    torch.manual_seed(0)
+    layout = SigmaIdentifierLayout()
+    model, _ = build_sigma_model("embedded", layout, captions=bench_retrieval.load_captions())
+    model.eval()
+    indexes = {}
+    for size in sizes:
+        model.set_index(
+            bench_retrieval.random_identifiers(size, layout.sizes), [f"img{i}" for i in range(size)]
+        )
+        indexes[size] = {name: getattr(model, name) for name in bench_retrieval.INDEX_ATTRIBUTES}
+    generative = {
+        batch: bench_retrieval.interleaved_p50(
+            model, indexes, QUERIES[:batch], repeats if batch == 1 else 3, 10
+        )
+        for batch in (1, 32)
+    }
+    del indexes
+
+    encoder = load_encoder("tiny-clip", cache_dir=os.path.join(ROOT, "outputs", "cache"))
+    tiny_dim = int(encoder.encode_texts(QUERIES[:1]).shape[1])
+    flat = {}
+    for dim in sorted({tiny_dim, *dims}):
+        flat[dim] = {1: [], 32: []}
+        rng = np.random.default_rng(0)
+        projection = rng.standard_normal((tiny_dim, dim)).astype(np.float32) if dim != tiny_dim else None
+        for size in sizes:
+            index = faiss.IndexFlatIP(dim)
+            for start in range(0, size, 100_000):  # random unit vectors, 100K at a time
+                block = rng.standard_normal((min(100_000, size - start), dim)).astype(np.float32)
+                index.add(block / np.linalg.norm(block, axis=1, keepdims=True))
+            for batch in (1, 32):
+                search = partial(flat_search, encoder, index, projection, QUERIES[:batch])
+                flat[dim][batch].append(p50_ms(search, repeats if batch == 1 else 3))
+            del index
+    report = {
+        "sizes": sizes,
+        "tiny_clip_dim": tiny_dim,
+        "generative_ms": {},
+        "faiss_flat_ms": {},
+        "crossover": {},
+    }
+    for batch in (1, 32):  # string keys, as they come back from the JSON file
+        report["generative_ms"][str(batch)] = [generative[batch][size] for size in sizes]
+        typical = statistics.median(report["generative_ms"][str(batch)])  # flat in N
+        for dim, times in flat.items():
+            report["faiss_flat_ms"].setdefault(str(dim), {})[str(batch)] = times[batch]
+            report["crossover"].setdefault(str(dim), {})[str(batch)] = crossover(sizes, times[batch], typical)
+    return report
+
+
+def run_constraint(num_identifiers: int, repeats: int) -> dict:
+    """Constraint cost per decode step: in the tiny model's beam search, and the logits processor alone."""
+    torch.manual_seed(0)
+    layout = SigmaIdentifierLayout()
+    model, processor = build_sigma_model("embedded", layout, captions=bench_retrieval.load_captions())
+    model.eval()
+    model.set_index(
+        bench_stage0.paper_codes(num_identifiers, PAPER_LAYOUT), [f"img{i}" for i in range(num_identifiers)]
+    )
+    steps = layout.length + 1
+    report = {"identifiers": num_identifiers, "steps": steps, "model_ms_per_step": {}}
+    for batch in (1, 32):
+        inputs = processor.process_queries(QUERIES[:batch], prompt=model.config.retrieval_prompt)
+        common = {"num_beams": 10, "num_return_sequences": 10, "max_new_tokens": steps, **inputs}
+
+        constrained = partial(generate_ids, model, common)
+        free = partial(generate_ids, model, {**common, "use_trie": False, "min_new_tokens": steps})
+        trie_ms, free_ms = interleaved_p50_ms([constrained, free], repeats)
+        report["model_ms_per_step"][str(batch)] = {
+            "with_trie": trie_ms / steps,
+            "without_trie": free_ms / steps,
+            "overhead": (trie_ms - free_ms) / steps,
+        }
+    args = SimpleNamespace(queries=32, beams=10, repeats=20, vocab_sizes=[0, 151_665])
+    trie = bench_stage0.bench_trie(
+        bench_stage0.paper_codes(num_identifiers, PAPER_LAYOUT), PAPER_LAYOUT, "paper", args
+    )
+    report["processor_ms_per_step"] = {
+        str(vocab): methods for vocab, methods in trie.pop("ms_per_step").items()
+    }
+    report["trie"] = trie
+    return report
+
+
+def run_stage0_build(sizes: list[int], dim: int) -> dict:
+    """Seconds to fit all stage-0 levels on synthetic clustered features."""
+    from modeling_sigma.stage0_identifiers import SigmaIdentifierBuilder, SigmaIdentifierBuilderConfig
+
+    seconds = []
+    for size in sizes:
+        features = bench_stage0.synthetic_features(size, dim)
+        builder = SigmaIdentifierBuilder(SigmaIdentifierBuilderConfig(suffix_size=4096))
+        start = time.perf_counter()
+        builder.fit(features, [str(i) for i in range(size)])
+        seconds.append(time.perf_counter() - start)
+        print(f"stage-0 build, {size:,} x {dim}: {seconds[-1]:.1f} s", flush=True)
+        del features, builder
+    return {"sizes": sizes, "dim": dim, "seconds": seconds}
+
+
+def run_efficiency(args) -> dict:
+    torch.set_num_threads(1)
+    report = {}
+    print("\n=== insert throughput", flush=True)
+    report["insert"] = bench_index.measure_insert_throughput(num_images=256, rounds=3)
+    print(json.dumps(report["insert"], indent=2))
+    print("\n=== constraint overhead", flush=True)
+    report["constraint"] = run_constraint(max(args.sizes), args.repeats)
+    print("\n=== latency vs corpus size", flush=True)
+    report["latency"] = run_latency(args.sizes, args.repeats, args.faiss_dims)
+    print(json.dumps(report["latency"], indent=2))
+    print("\n=== stage-0 build time", flush=True)
+    report["stage0"] = run_stage0_build(args.stage0_sizes, 512)
+    return report
+
+
+# ------------------------------------------------------------------------------------------ tables, plots
+def quality_table(quality: dict) -> str:
+    lines = ["| system | queries on | re-ranked | R@1 | R@5 | R@10 |", "|---|---|---|---|---|---|"]
+    for row in quality["rows"]:
+        rerank = "yes" if row["reranked"] else "no"
+        recall = " | ".join(str(row[f"R@{k}"]) for k in (1, 5, 10))
+        lines.append(f"| {row['system']} | {row['searched']} | {rerank} | {recall} |")
+    return "\n".join(lines)
+
+
+def efficiency_tables(efficiency: dict) -> str:
+    latency = efficiency["latency"]
+    dims = list(latency["faiss_flat_ms"])
+    header = " | ".join(f"faiss flat {dim}-d, b{b} (ms)" for b in (1, 32) for dim in dims)
+    lines = [
+        f"| corpus size | SIGMA-tiny, b1 (ms) | SIGMA-tiny, b32 (ms) | {header} |",
+        "|---" * (3 + 2 * len(dims)) + "|",
+    ]
+    for i, size in enumerate(latency["sizes"]):
+        cells = [f"{latency['generative_ms'][b][i]:.1f}" for b in ("1", "32")]
+        cells += [f"{latency['faiss_flat_ms'][dim][b][i]:.1f}" for b in ("1", "32") for dim in dims]
+        lines.append(f"| {size:,} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for dim in dims:
+        for batch in (1, 32):
+            cross = latency["crossover"][dim][str(batch)]
+            where = "measured range" if cross["measured"] else "extrapolated (linear fit)"
+            size = f"{cross['corpus_size']:,}" if cross["corpus_size"] is not None else "none"
+            lines.append(
+                f"- crossover, faiss flat {dim}-d vs SIGMA-tiny, batch {batch}: N ≈ {size} ({where})"
+            )
+    constraint = efficiency["constraint"]
+    lines += [
+        "",
+        f"Constraint overhead per decode step ({constraint['identifiers']:,} identifiers, 10 beams):",
+        "",
+        "| batch | beam search with trie (ms/step) | without (ms/step) | overhead (ms/step) |",
+        "|---|---|---|---|",
+    ]
+    for batch, step in constraint["model_ms_per_step"].items():
+        lines.append(
+            f"| {batch} | {step['with_trie']:.2f} | {step['without_trie']:.2f} | {step['overhead']:.2f} |"
+        )
+    lines += ["", "| vocabulary | method | ms per step (32 queries × 10 beams) |", "|---|---|---|"]
+    for vocab, methods in constraint["processor_ms_per_step"].items():
+        for method, ms in methods.items():
+            lines.append(f"| {int(vocab) or 'identifier tokens + 1000'} | {method} | {ms:.3f} |")
+    stage0, insert = efficiency["stage0"], efficiency["insert"]
+    builds = ", ".join(f"{size:,}: {sec:.1f} s" for size, sec in zip(stage0["sizes"], stage0["seconds"]))
+    lines += [
+        "",
+        f"- stage-0 build, synthetic {stage0['dim']}-d features: {builds}",
+        f"- trie: {constraint['trie']['bytes_per_identifier']:.1f} bytes per identifier at "
+        f"{constraint['identifiers']:,}",
+        f"- open-set insert (generation mode): {insert['images_per_second']:.0f} images/s "
+        f"({insert['images']} images, {insert['threads']} thread)",
+    ]
+    return "\n".join(lines)
+
+
+def set_output_dir(folder: str) -> None:
+    global RESULTS
+    RESULTS = os.path.abspath(folder)
+
+
+def draw_plots(report: dict) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    if "quality" in report:
+        rows = report["quality"]["rows"]
+        labels = [f"{r['system']}{' + re-rank' if r['reranked'] else ''}" for r in rows]
+        fig, ax = plt.subplots(figsize=(9, 0.42 * len(rows) + 1.2))
+        y = np.arange(len(rows))
+        for offset, k in zip((-0.27, 0, 0.27), (1, 5, 10)):
+            ax.barh(y + offset, [r[f"R@{k}"] for r in rows], height=0.26, label=f"R@{k}")
+        ax.set_yticks(y, labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("Recall (%) on TinyShapes")
+        ax.set_title("Text→image retrieval quality (make bench)")
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        written.append(_save(fig, "quality.png"))
+    if "efficiency" in report:
+        latency = report["efficiency"]["latency"]
+        sizes = latency["sizes"]
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, batch in zip(axes, (1, 32)):
+            batch_key = str(batch)
+            ax.plot(sizes, latency["generative_ms"][batch_key], "o-", label="SIGMA-tiny (trie beam search)")
+            for dim, times in latency["faiss_flat_ms"].items():
+                ax.plot(sizes, times[batch_key], "s--", label=f"two-tower, faiss flat {dim}-d")
+                cross = latency["crossover"][dim][batch_key]
+                if cross["measured"]:
+                    ax.axvline(cross["corpus_size"], color="gray", lw=0.8, ls=":")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("indexed images")
+            ax.set_ylabel("p50 latency per batch (ms)")
+            ax.set_title(f"query latency, batch {batch} (1 CPU thread)")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        written.append(_save(fig, "latency.png"))
+
+        efficiency = report["efficiency"]
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+        stage0 = efficiency["stage0"]
+        axes[0].plot(stage0["sizes"], stage0["seconds"], "o-")
+        axes[0].set_xscale("log")
+        axes[0].set_yscale("log")
+        axes[0].set_xlabel("images")
+        axes[0].set_ylabel("seconds")
+        axes[0].set_title(f"stage-0 build ({stage0['dim']}-d features)")
+        steps = efficiency["constraint"]["model_ms_per_step"]
+        batches = list(steps)
+        x = np.arange(len(batches))
+        axes[1].bar(x - 0.2, [steps[b]["without_trie"] for b in batches], 0.4, label="free beam search")
+        axes[1].bar(x + 0.2, [steps[b]["with_trie"] for b in batches], 0.4, label="trie-constrained")
+        axes[1].set_xticks(x, [f"batch {b}" for b in batches])
+        axes[1].set_ylabel("ms per decode step")
+        axes[1].set_title(f"constraint overhead ({efficiency['constraint']['identifiers']:,} ids)")
+        axes[1].legend(fontsize=7)
+        processor = efficiency["constraint"]["processor_ms_per_step"]
+        vocab = max(processor, key=int)
+        names = [name for name in processor[vocab] if "vocab" not in name and "only" not in name]
+        axes[2].bar(range(len(names)), [processor[vocab][n] for n in names])
+        axes[2].set_xticks(range(len(names)), [n.replace(" + ", "\n+ ") for n in names], fontsize=7)
+        axes[2].set_yscale("log")
+        axes[2].set_ylabel("ms per step (320 beams)")
+        axes[2].set_title(f"logits processor, vocab {int(vocab):,}")
+        fig.tight_layout()
+        written.append(_save(fig, "efficiency.png"))
+    return written
+
+
+def _save(fig, name: str) -> str:
+    import matplotlib.pyplot as plt
+
+    path = os.path.join(RESULTS, name)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def render_markdown(report: dict) -> str:
+    parts = [f"Regenerate with `{report['command']}` ({report['machine']}).", ""]
+    if "quality" in report:
+        parts += [
+            "### Quality",
+            "",
+            quality_table(report["quality"]),
+            "",
+            "![quality](results/quality.png)",
+            "",
+        ]
+    if "efficiency" in report:
+        parts += ["### Efficiency", "", efficiency_tables(report["efficiency"]), ""]
+        parts += ["![latency](results/latency.png)", "", "![efficiency](results/efficiency.png)", ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def replace_marked(path: str, text: str) -> bool:
+    """Replace what lies between the benchmark markers of `path` (written atomically); False if no markers."""
+    with open(path) as stream:
+        content = stream.read()
+    start, end = (content.find(marker) for marker in MARKERS)
+    if start < 0 or end < start:
+        return False
+    content = content[: start + len(MARKERS[0])] + "\n" + text + content[end:]
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as stream:
+        stream.write(content)
+    os.replace(tmp, path)
+    return True
+
+
+def write_outputs(report: dict) -> None:
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, "benchmarks.json")
+    with open(f"{path}.tmp", "w") as stream:
+        json.dump(report, stream, indent=2)
+    os.replace(f"{path}.tmp", path)
+    for plot in draw_plots(report):
+        print(f"wrote {plot}")
+    markdown = render_markdown(report)
+    with open(os.path.join(RESULTS, "BENCHMARKS.md"), "w") as stream:
+        stream.write("# Benchmarks\n\n" + markdown.replace("](results/", "]("))
+    documents = ("README.md", "model_card.md") if RESULTS == os.path.join(ROOT, "results") else ()
+    for document in documents:
+        if replace_marked(os.path.join(ROOT, document), markdown):
+            print(f"updated the benchmark section of {document}")
+    print(markdown)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--skip-quality", action="store_true", help="keep the quality part of benchmarks.json"
+    )
+    parser.add_argument("--skip-efficiency", action="store_true", help="keep the efficiency part")
+    parser.add_argument("--plots-only", action="store_true", help="redraw from results/benchmarks.json")
+    parser.add_argument(
+        "--reuse", action="store_true", help="reuse stage folders of an identical earlier run"
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000, 1_000_000])
+    parser.add_argument("--stage0-sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument(
+        "--faiss-dims", type=int, nargs="+", default=[512], help="besides the tiny CLIP width"
+    )
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument(
+        "--output-dir", default=RESULTS, help="where JSON and plots go; README/model card only for results/"
+    )
+    args = parser.parse_args(argv)
+    set_output_dir(args.output_dir)
+    path = os.path.join(RESULTS, "benchmarks.json")
+    previous = {}
+    if os.path.exists(path):
+        with open(path) as stream:
+            previous = json.load(stream)
+    if args.plots_only:
+        write_outputs(previous)
+        return previous
+    report = {
+        "command": "make bench",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, 1 thread",
+    }
+    start = time.time()
+    for part, skip, run in (
+        ("quality", args.skip_quality, lambda: run_quality(args.reuse)),
+        ("efficiency", args.skip_efficiency, lambda: run_efficiency(args)),
+    ):
+        if skip:
+            if part in previous:
+                report[part] = previous[part]
+        else:
+            report[part] = run()
+    report["wall_time_s"] = round(time.time() - start, 1)
+    write_outputs(report)
+    return report
+
+
+if __name__ == "__main__":
+    main()
