@@ -276,11 +276,9 @@ def efficiency_tables(efficiency: dict) -> str:
     for dim in dims:
         for batch in (1, 32):
             cross = latency["crossover"][dim][str(batch)]
-            where = "measured range" if cross["measured"] else "extrapolated (linear fit)"
-            size = f"{cross['corpus_size']:,}" if cross["corpus_size"] is not None else "none"
-            lines.append(
-                f"- crossover, faiss flat {dim}-d vs SIGMA-tiny, batch {batch}: N ≈ {size} ({where})"
-            )
+            where = "within the measured range" if cross["measured"] else "extrapolated with a linear fit"
+            size = f"N ≈ {cross['corpus_size']:,}, {where}" if cross["corpus_size"] is not None else "none"
+            lines.append(f"- crossover, faiss flat {dim}-d vs SIGMA-tiny, batch {batch}: {size}")
     constraint = efficiency["constraint"]
     lines += [
         "",
@@ -296,7 +294,7 @@ def efficiency_tables(efficiency: dict) -> str:
     lines += ["", "| vocabulary | method | ms per step (32 queries × 10 beams) |", "|---|---|---|"]
     for vocab, methods in constraint["processor_ms_per_step"].items():
         for method, ms in methods.items():
-            lines.append(f"| {int(vocab) or 'identifier tokens + 1000'} | {method} | {ms:.3f} |")
+            lines.append(f"| {int(vocab):,} | {method} | {ms:.3f} |")
     stage0, insert = efficiency["stage0"], efficiency["insert"]
     builds = ", ".join(f"{size:,}: {sec:.1f} s" for size, sec in zip(stage0["sizes"], stage0["seconds"]))
     lines += [
@@ -324,7 +322,13 @@ def draw_plots(report: dict) -> list[str]:
     written = []
     if "quality" in report:
         rows = report["quality"]["rows"]
-        labels = [f"{r['system']}{' + re-rank' if r['reranked'] else ''}" for r in rows]
+        short = {", unseen images added after training (": ", unseen added by "}  # keeps the labels legible
+        labels = []
+        for row in rows:
+            name = row["system"]
+            for long, brief in short.items():
+                name = name.replace(long, brief).rstrip(")") if long in name else name
+            labels.append(f"{name}{' + re-rank' if row['reranked'] else ''}")
         fig, ax = plt.subplots(figsize=(9, 0.42 * len(rows) + 1.2))
         y = np.arange(len(rows))
         for offset, k in zip((-0.27, 0, 0.27), (1, 5, 10)):
@@ -380,7 +384,6 @@ def draw_plots(report: dict) -> list[str]:
         names = [name for name in processor[vocab] if "vocab" not in name and "only" not in name]
         axes[2].bar(range(len(names)), [processor[vocab][n] for n in names])
         axes[2].set_xticks(range(len(names)), [n.replace(" + ", "\n+ ") for n in names], fontsize=7)
-        axes[2].set_yscale("log")
         axes[2].set_ylabel("ms per step (320 beams)")
         axes[2].set_title(f"logits processor, vocab {int(vocab):,}")
         fig.tight_layout()
@@ -401,7 +404,7 @@ def render_markdown(report: dict) -> str:
     parts = [f"Regenerate with `{report['command']}` ({report['machine']}).", ""]
     if "quality" in report:
         parts += [
-            "### Quality",
+            "#### Quality",
             "",
             quality_table(report["quality"]),
             "",
@@ -409,7 +412,7 @@ def render_markdown(report: dict) -> str:
             "",
         ]
     if "efficiency" in report:
-        parts += ["### Efficiency", "", efficiency_tables(report["efficiency"]), ""]
+        parts += ["#### Efficiency", "", efficiency_tables(report["efficiency"]), ""]
         parts += ["![latency](results/latency.png)", "", "![efficiency](results/efficiency.png)", ""]
     return "\n".join(parts).rstrip() + "\n"
 
