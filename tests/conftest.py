@@ -19,3 +19,15 @@ def tiny_corpus(tiny_corpus_config):
     from modeling_sigma.corpus import generate_tiny_shapes
 
     return generate_tiny_shapes(tiny_corpus_config)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread (and several threads crawl on a loaded machine). Modules opt in
+    with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

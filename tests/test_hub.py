@@ -11,7 +11,6 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-import torch
 from huggingface_hub import DatasetCard, HfApi, ModelCard
 from sigma_testing_utils import build_tiny_model
 
@@ -31,12 +30,7 @@ CODEBOOK_FILES = {
 CORPUS_FILES = {"README.md", *(f"data/{split}-00000-of-00001.parquet" for split in SPLITS)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
