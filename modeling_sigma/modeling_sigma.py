@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import LogitsProcessorList, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
 from transformers.utils import ModelOutput, cached_file
 
@@ -20,6 +21,11 @@ logger = logging.getLogger(__name__)
 
 INDEX_TENSORS_NAME = "sigma_index.pt"
 INDEX_METADATA_NAME = "sigma_index.json"
+
+# transformers 5.24 renamed the key/value cache from `past_key_values` to `cache`, in forward arguments and in
+# output fields (ModelOutput still accepts the old keyword only for classes that have the new field). Follow
+# whichever name the installed release uses, so one checkpoint works on both sides of the rename.
+CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 @dataclass
@@ -35,8 +41,8 @@ class SigmaRetrievalOutput(ModelOutput):
         Autoregressive cross-entropy on `labels` (eq. 10).
     similarity_loss (`torch.FloatTensor`, *optional*):
         MSE between `similarity` and `similarity_labels` over rows that hold identifier tokens (eq. 11).
-    past_key_values (`Cache`, *optional*):
-        Key/value cache of the backbone.
+    cache (`Cache`, *optional*):
+        Key/value cache of the backbone, named `past_key_values` with transformers before 5.24 (`CACHE_NAME`).
     """
 
     loss: torch.FloatTensor | None = None
@@ -44,7 +50,10 @@ class SigmaRetrievalOutput(ModelOutput):
     similarity: torch.FloatTensor | None = None
     gen_loss: torch.FloatTensor | None = None
     similarity_loss: torch.FloatTensor | None = None
-    past_key_values: object | None = None
+    if CACHE_NAME == "cache":
+        cache: object | None = None
+    else:
+        past_key_values: object | None = None
 
 
 class SigmaSimilarityHead(nn.Module):
@@ -149,6 +158,10 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
         similarity_labels (`torch.FloatTensor` of shape `(batch,)`, *optional*):
             Teacher similarity scores in `[0, 1]` (semantic soft labels, eq. 7); `NaN` rows are ignored.
         """
+        if past_key_values is None:
+            past_key_values = kwargs.pop("cache", None)
+        elif "cache" in kwargs:
+            raise ValueError("pass the key/value cache as `cache` or as `past_key_values`, not both")
         if pixel_values is not None and mm_token_type_ids is None and input_ids is not None:
             image_token_id = self.config.backbone_config.image_token_id
             mm_token_type_ids = (input_ids == image_token_id).int()  # (batch, seq)
@@ -167,9 +180,9 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
             image_grid_thw=image_grid_thw,
             position_ids=position_ids,
             mm_token_type_ids=mm_token_type_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            **{CACHE_NAME: past_key_values},
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state  # (batch, seq, dim)
@@ -193,7 +206,7 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
             similarity=similarity,
             gen_loss=gen_loss,
             similarity_loss=similarity_loss,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
         )
 
     def _similarity_loss(self, similarity, similarity_labels, input_ids, attention_mask):

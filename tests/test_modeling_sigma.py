@@ -251,3 +251,21 @@ def test_resume_loads_every_checkpoint_weight(tmp_path):
     expected = saved.state_dict()
     for name, value in fresh.state_dict().items():
         assert torch.equal(value, expected[name]), name
+
+
+def test_forward_cache_continues_like_a_full_forward(tiny):
+    # the cache is `cache` from transformers 5.24 on and `past_key_values` before; both releases must decode alike
+    from modeling_sigma.modeling_sigma import CACHE_NAME
+
+    model, processor, codes, _ = tiny
+    batch = processor.process_queries(QUERIES[:1], answers=[LAYOUT.codes_to_string(codes[0].tolist())])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask)
+        head = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True)
+        cache = getattr(head, CACHE_NAME)
+        assert cache is not None and head[CACHE_NAME] is cache
+        step = model(input_ids=ids[:, -1:], attention_mask=mask, use_cache=True, **{CACHE_NAME: cache})
+    torch.testing.assert_close(step.logits[:, -1], full.logits[:, -1], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="not both"):
+        model(input_ids=ids, past_key_values=cache, cache=cache)
