@@ -35,7 +35,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .cards import SplitFiles, codebook_card, corpus_card
@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_CARD = Path(__file__).resolve().parent.parent / "model_card.md"
 MODEL_CARD_REPO_PLACEHOLDER = "path/or/repo"
+CARD_IMAGE = re.compile(r"!\[[^\]]*\]\(\s*([^)\s]+)")  # markdown image links: ![alt](path "title")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 # Trainer checkpoints hold these beside the model; they are resume state, not part of a published model.
 TRAINING_STATE = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state.*\.pth|trainer_state\.json|training_args\.bin)$")  # fmt: skip
@@ -78,12 +79,16 @@ def export_model_repo(
         overwrite: replace a non-empty `folder`.
     """
     files = _model_files(Path(model_dir))
-    readme = _model_card(card, card_metadata, repo_id)
+    readme, card_dir = _model_card(card, card_metadata, repo_id)
+    images = _card_images(readme.text, card_dir)
     with _staged(folder, overwrite, sources=[model_dir]) as staging:
         for path in files:
             shutil.copy2(path, staging / path.name)
+        for name, path in images:
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, staging / name)
         readme.save(staging / "README.md")
-    logger.info("exported model repo %s (%d files)", folder, len(files) + 1)
+    logger.info("exported model repo %s (%d files)", folder, len(files) + len(images) + 1)
     return Path(folder)
 
 
@@ -141,15 +146,35 @@ def _publishable(name: str) -> bool:
     return not name.startswith(".") and name != "README.md" and not TRAINING_STATE.match(name)
 
 
+def _card_images(text: str, card_dir: Path | None) -> list[tuple[str, Path]]:
+    """The images the card links by a relative path (`![plot](results/quality.png)`), as (path in the repo,
+    file beside the card): the repo carries them so the card shows its plots on the Hub."""
+    images = []
+    for link in dict.fromkeys(CARD_IMAGE.findall(text)):
+        relative = PurePosixPath(link)
+        if "://" in link or relative.is_absolute() or ".." in relative.parts:
+            continue  # a URL, or a path outside the repo
+        path = card_dir / link if card_dir is not None else None
+        if path is None or not path.is_file():
+            logger.warning(
+                "the model card links %s, which is not beside the card: it will show no image", link
+            )
+            continue
+        images.append((relative.as_posix(), path))
+    return images
+
+
 def _model_card(
     card: str | os.PathLike | Any | None, card_metadata: dict[str, Any] | None, repo_id: str | None
 ):
+    """The card to publish and the folder its relative links point into (`None` for a `ModelCard` object)."""
     from huggingface_hub import ModelCard
 
     if card is None and not DEFAULT_MODEL_CARD.is_file():
         raise FileNotFoundError(
             f"no model card at {DEFAULT_MODEL_CARD} (an installed package): pass card=PATH"
         )
+    card_dir = None
     if isinstance(card, ModelCard):
         content = card.content
     else:
@@ -157,6 +182,7 @@ def _model_card(
         if not path.is_file():
             raise FileNotFoundError(f"model card {str(path)!r} does not exist")
         content = path.read_text(encoding="utf-8")
+        card_dir = path.resolve().parent
     if repo_id is not None:
         content = content.replace(MODEL_CARD_REPO_PLACEHOLDER, repo_id)
     readme = ModelCard(content, ignore_metadata_errors=False)
@@ -167,7 +193,7 @@ def _model_card(
             readme.data[key] = value
     if readme.data.get("base_model") is None:
         readme.data.pop("base_model_relation", None)  # a relation to no base model is invalid on the Hub
-    return readme
+    return readme, card_dir
 
 
 # ---------------------------------------------------------------------------------------------- codebook

@@ -28,6 +28,9 @@ CODEBOOK_FILES = {
     "data/codebook-00000-of-00001.parquet",
 }
 CORPUS_FILES = {"README.md", *(f"data/{split}-00000-of-00001.parquet" for split in SPLITS)}
+CARD_PLOTS = {
+    f"results/{name}.png" for name in ("quality", "latency", "efficiency")
+}  # model_card.md's images
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -170,8 +173,10 @@ def test_model_repo_loads_with_remote_code(checkpoint, tmp_path):
     folder = tmp_path / "model-repo"
     hub.push_model_to_hub(checkpoint, "me/sigma-tiny", local_dir=folder)
     files, source = listing(folder), listing(checkpoint)
-    assert set(files) == set(source) | {"README.md"}
+    plots = {f"results/{name}.png" for name in ("quality", "latency", "efficiency")}  # the card's images
+    assert set(files) == set(source) | {"README.md"} | plots
     assert all(files[name] == content for name, content in source.items())
+    assert all(files[name] == (hub.DEFAULT_MODEL_CARD.parent / name).read_bytes() for name in plots)
     card = ModelCard.load(folder / "README.md")
     assert card.data.base_model == "Qwen/Qwen2.5-VL-3B-Instruct" and "custom_code" in card.data.tags
     assert 'AutoModel.from_pretrained("me/sigma-tiny", trust_remote_code=True)' in card.text
@@ -200,6 +205,22 @@ def test_model_card_override(checkpoint, tmp_path):
         "tags": ["custom_code"],
         "datasets": ["me/tiny-shapes"],
     }
+
+
+def test_card_images_travel_with_the_card(checkpoint, tmp_path, caplog):
+    (tmp_path / "card" / "plots").mkdir(parents=True)
+    (tmp_path / "card" / "plots" / "a.png").write_bytes(b"\x89PNG a")
+    (tmp_path / "secret.png").write_bytes(b"\x89PNG outside")
+    (tmp_path / "card" / "README.md").write_text(
+        '---\nlicense: mit\n---\n# Tiny\n![a](plots/a.png) ![a again](plots/a.png "title")\n'
+        "![gone](plots/missing.png) ![web](https://example.com/b.png) ![up](../secret.png)\n"
+    )
+    with caplog.at_level("WARNING", logger="modeling_sigma.hub"):
+        folder = hub.export_model_repo(checkpoint, tmp_path / "repo", card=tmp_path / "card" / "README.md")
+    files = listing(folder)
+    assert files["plots/a.png"] == b"\x89PNG a"
+    assert not any(name.endswith(("missing.png", "b.png", "secret.png")) for name in files)
+    assert "plots/missing.png" in caplog.text
 
 
 # ------------------------------------------------------------------------------------------ Hub path
@@ -231,7 +252,12 @@ def recorder(monkeypatch):
 @pytest.mark.parametrize("kind", ["model", "codebook", "corpus"])
 def test_push_goes_through_hf_api(kind, recorder, checkpoint, stage0_dir, tiny_corpus):
     push, source, repo_type, files = {
-        "model": (hub.push_model_to_hub, checkpoint, "model", {*os.listdir(checkpoint), "README.md"}),
+        "model": (
+            hub.push_model_to_hub,
+            checkpoint,
+            "model",
+            {*os.listdir(checkpoint), "README.md", *CARD_PLOTS},
+        ),
         "codebook": (hub.push_codebook_to_hub, stage0_dir, "dataset", CODEBOOK_FILES),
         "corpus": (hub.push_corpus_to_hub, tiny_corpus, "dataset", CORPUS_FILES),
     }[kind]
