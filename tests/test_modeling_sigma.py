@@ -265,7 +265,10 @@ def test_forward_cache_continues_like_a_full_forward(tiny):
         head = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True)
         cache = getattr(head, CACHE_NAME)
         assert cache is not None and head[CACHE_NAME] is cache
-        step = model(input_ids=ids[:, -1:], attention_mask=mask, use_cache=True, **{CACHE_NAME: cache})
+        # explicit positions: the backbone would otherwise offset them by rope deltas a previous generate left
+        last = mask.sum(-1, keepdim=True) - 1  # (1, 1)
+        step = model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=last, use_cache=True,
+                     **{CACHE_NAME: cache})  # fmt: skip
     torch.testing.assert_close(step.logits[:, -1], full.logits[:, -1], atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="not both"):
         model(input_ids=ids, past_key_values=cache, cache=cache)
