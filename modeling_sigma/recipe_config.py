@@ -16,6 +16,13 @@ from dataclasses import fields
 
 import yaml
 
+# transformers 5.24 renamed these TrainingArguments (the old names warn, and go in v6). A config or flag may use
+# either name; it reaches the installed release under the name that release reads.
+RENAMED_ARGUMENTS = {
+    "gradient_checkpointing": "activation_checkpointing",
+    "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs",
+}
+
 
 def read_section(path: str, section: str) -> dict:
     """The `section:` mapping of a recipe YAML, with a clear error if the file or section is unusable."""
@@ -40,9 +47,18 @@ def parse_recipe_args(parser, section: str, argv: list[str] | None = None) -> tu
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, remaining = pre.parse_known_args(argv)
+    valid = {f.name for dataclass_type in parser.dataclass_types for f in fields(dataclass_type)}
+    aliases = _aliases(valid)
+    remaining = [_rename_flag(token, aliases) for token in remaining]
     if known.config:
         values = read_section(known.config, section)
-        valid = {f.name for dataclass_type in parser.dataclass_types for f in fields(dataclass_type)}
+        clashes = [key for key in values if key in aliases and aliases[key] in values]
+        if clashes:
+            raise ValueError(
+                f"{known.config}: section '{section}' sets both {clashes[0]!r} and {aliases[clashes[0]]!r} "
+                "(one argument under its old and new name): keep one"
+            )
+        values = {aliases.get(key, key): value for key, value in values.items()}
         unknown = sorted(set(values) - valid)
         if unknown:
             raise ValueError(f"{known.config}: unknown key(s) in section '{section}': {unknown}")
@@ -52,6 +68,24 @@ def parse_recipe_args(parser, section: str, argv: list[str] | None = None) -> tu
     if leftover:
         raise ValueError(f"Unknown argument(s): {leftover}")
     return tuple(dataclasses)
+
+
+def _aliases(valid: set[str]) -> dict[str, str]:
+    """Name used by a config → name the installed transformers reads, for the renamed arguments it knows."""
+    aliases = {}
+    for old, new in RENAMED_ARGUMENTS.items():
+        if new in valid:
+            aliases[old] = new
+        elif old in valid:
+            aliases[new] = old
+    return aliases
+
+
+def _rename_flag(token: str, aliases: dict[str, str]) -> str:
+    if not token.startswith("--"):
+        return token
+    name, sep, value = token[2:].partition("=")
+    return f"--{aliases[name]}{sep}{value}" if name in aliases else token
 
 
 def load_recipe(path: str):
