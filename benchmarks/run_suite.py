@@ -8,7 +8,8 @@
 Quality (`recipes/run_embedded.py --ablations --rerank`, TinyShapes, Recall@1/5/10): the two-tower baseline,
 SIGMA-tiny, its four ablations (no stage 1, no stage 2, no soft labels, random identifiers), each with and
 without similarity-head re-ranking; `test` queries (images indexed at training) and `unseen` queries (images
-added after training by stage-1 generation or by the stage-0 quantiser).
+added after training by stage-1 generation or by the stage-0 quantiser), each searched in its own gallery, and
+for generation-assigned images also in one test + unseen gallery, where old and new images compete.
 
 Efficiency (1 thread, synthetic identifiers in the paper layout 64/32/16/32/64):
 - query latency against corpus size 1K → 1M: the tiny SIGMA model (trie-constrained beam search, k = 10,
@@ -68,13 +69,7 @@ def run_quality(reuse: bool) -> dict:
 
     argv = ["--ablations", "--rerank", "--results", os.path.join(RESULTS, "embedded.json")]
     report = run_embedded.main(argv + (["--reuse"] if reuse else []))
-    rows = []
-    for name, metrics in report["results"].items():
-        searched = "unseen" if "unseen" in name else "test"
-        for reranked, figures in ((False, metrics), (True, metrics.get("reranked"))):
-            if figures:
-                recall = {f"R@{k}": round(100 * figures[f"recall@{k}"], 1) for k in (1, 5, 10)}
-                rows.append({"system": name, "searched": searched, "reranked": reranked, **recall})
+    rows = run_embedded.table_rows(report["results"])
     return {
         "command": "recipes/run_embedded.py " + " ".join(argv),
         "rows": rows,
@@ -252,11 +247,14 @@ def run_efficiency(args) -> dict:
 
 # ------------------------------------------------------------------------------------------ tables, plots
 def quality_table(quality: dict) -> str:
-    lines = ["| system | queries on | re-ranked | R@1 | R@5 | R@10 |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| system | queries on | gallery | re-ranked | R@1 | R@5 | R@10 |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in quality["rows"]:
         rerank = "yes" if row["reranked"] else "no"
         recall = " | ".join(str(row[f"R@{k}"]) for k in (1, 5, 10))
-        lines.append(f"| {row['system']} | {row['searched']} | {rerank} | {recall} |")
+        lines.append(f"| {row['system']} | {row['queries_on']} | {row['gallery']} | {rerank} | {recall} |")
     return "\n".join(lines)
 
 
@@ -328,7 +326,8 @@ def draw_plots(report: dict) -> list[str]:
             name = row["system"]
             for long, brief in short.items():
                 name = name.replace(long, brief).rstrip(")") if long in name else name
-            labels.append(f"{name}{' + re-rank' if row['reranked'] else ''}")
+            where = f" [{row['queries_on']} q. / {row['gallery']}]"
+            labels.append(f"{name}{' + re-rank' if row['reranked'] else ''}{where}")
         fig, ax = plt.subplots(figsize=(9, 0.42 * len(rows) + 1.2))
         y = np.arange(len(rows))
         for offset, k in zip((-0.27, 0, 0.27), (1, 5, 10)):

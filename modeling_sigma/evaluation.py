@@ -13,20 +13,29 @@ from .metrics import DEFAULT_KS, recall_at_k
 logger = logging.getLogger(__name__)
 
 
-def index_split(model, dataset) -> None:
-    """Restricts the model's index to the images of `dataset` (as the two-tower baseline searches them).
+def index_split(model, dataset, gallery_ids=None) -> None:
+    """Restricts the model's index to the images of `dataset` (as the two-tower baseline searches them), or to
+    `gallery_ids` when given: a larger gallery that holds the split's images among others.
 
     Every image must already have an identifier in the model's codebook (stage 0 or open-set `add`).
     """
+    split_ids = list(dataset["image_id"])
+    gallery = split_ids if gallery_ids is None else list(dict.fromkeys(gallery_ids))
+    outside = sorted(set(split_ids) - set(gallery))
+    if outside:
+        raise ValueError(
+            f"{len(outside)} image(s) of this split are not in the gallery (e.g. {outside[0]!r}); "
+            "a gallery must hold every image whose captions are queried."
+        )
     known = dict(zip(model.image_ids, range(len(model.image_ids))))
-    missing = [image_id for image_id in dataset["image_id"] if image_id not in known]
+    missing = [image_id for image_id in gallery if image_id not in known]
     if missing:
         raise ValueError(
-            f"{len(missing)} image(s) of this split have no identifier in the model's codebook "
+            f"{len(missing)} image(s) to search have no identifier in the model's codebook "
             f"(e.g. {missing[0]!r}); index them first."
         )
-    rows = torch.tensor([known[image_id] for image_id in dataset["image_id"]])
-    model.set_index(model.codebook_codes[rows], list(dataset["image_id"]))
+    rows = torch.tensor([known[image_id] for image_id in gallery])
+    model.set_index(model.codebook_codes[rows], gallery)
 
 
 def retrieve_split(
@@ -37,8 +46,10 @@ def retrieve_split(
     num_beams: int | None = None,
     max_queries=None,
     rerank_weight: float | None = None,
+    gallery_ids=None,
 ) -> tuple[list[list[str]], list[str]]:
-    """Searches only the split's images with each of its captions (the first `max_queries`).
+    """Searches only the split's images (or `gallery_ids`, see `index_split`) with each of its captions (the
+    first `max_queries`).
 
     With `rerank_weight`, the beams are rescored by the similarity head as `SigmaImageIndex.search(rerank=True)`
     does. Returns (retrieved image ids per caption, best first; each caption's own image id). The model's full
@@ -51,11 +62,12 @@ def retrieve_split(
         queries, owners = queries[:max_queries], owners[:max_queries]
     full_codes, full_ids = model.codebook_codes, list(model.image_ids)
     try:
-        index_split(model, dataset)
+        index_split(model, dataset, gallery_ids)
+        gallery_size = len(model.image_ids)
         if rerank_weight is None:
             hits = model.retrieve(queries, k=k, batch_size=batch_size, num_beams=num_beams)
         else:
-            candidates = rerank_candidates(model, k, num_beams, len(dataset))
+            candidates = rerank_candidates(model, k, num_beams, gallery_size)
             beams = max(num_beams or model.config.num_beams, candidates)
             hits = model.retrieve(queries, k=candidates, batch_size=batch_size, num_beams=beams)
             hits = rerank_hits(hits, k, rerank_weight)
@@ -74,18 +86,20 @@ def evaluate_retrieval(
     num_beams: int | None = None,
     max_queries=None,
     rerank_weight: float | None = None,
+    gallery_ids=None,
 ) -> dict:
-    """Text→image Recall@K over the split's captions, searching only the split's images (re-ranked by the
-    similarity head when `rerank_weight` is given).
+    """Text→image Recall@K over the split's captions, searching only the split's images, or the larger
+    gallery `gallery_ids` (re-ranked by the similarity head when `rerank_weight` is given).
 
-    Returns the `recall@{k}` figures plus `queries`, `images` and `seconds`.
+    Returns the `recall@{k}` figures plus `queries`, `images` (the gallery size) and `seconds`.
     """
     start = time.time()
     rankings, relevant = retrieve_split(
-        model, dataset, max(ks), batch_size, num_beams, max_queries, rerank_weight
+        model, dataset, max(ks), batch_size, num_beams, max_queries, rerank_weight, gallery_ids
     )
     metrics = recall_at_k(rankings, relevant, ks)
-    metrics.update(queries=len(rankings), images=len(dataset), seconds=round(time.time() - start, 1))
+    images = len(dataset) if gallery_ids is None else len(set(gallery_ids))
+    metrics.update(queries=len(rankings), images=images, seconds=round(time.time() - start, 1))
     return metrics
 
 

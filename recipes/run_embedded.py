@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from functools import partial
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -52,7 +53,8 @@ def run_two_tower(cache_dir: str) -> dict[str, float]:
     query_features = encode_split(encoder, test, EMBEDDED_CORPUS_NAME, "test", cache_dir, kind="captions")
     _, owners = caption_pairs(test)
     ids = test["image_id"]
-    return evaluate_two_tower(image_features, ids, query_features, [ids[o] for o in owners])
+    metrics = evaluate_two_tower(image_features, ids, query_features, [ids[o] for o in owners])
+    return {**metrics, "queries": len(owners), "images": len(ids)}
 
 
 RUN_RECORD = ".sigma_run.json"  # what produced a finished stage folder (for --reuse)
@@ -110,16 +112,24 @@ def run_sigma(
     return {**report, "reranked": reranked}
 
 
-def run_open_set(root: str, cache_dir: str, mode: str, smoke: bool, rerank: bool = False) -> dict:
+def run_open_set(
+    root: str, cache_dir: str, mode: str, smoke: bool, rerank: bool = False, joint: bool = False
+) -> dict:
     """Adds the never-trained-on `unseen` images to the stage-3 model's index without training
-    (`mode`: the model's stage-1 generation or the stage-0 quantiser), then queries their captions."""
+    (`mode`: the model's stage-1 generation or the stage-0 quantiser), then queries their captions.
+
+    The main figures search the unseen images alone. With `joint`, `"joint_gallery"` also holds the unseen
+    and the test captions searched in one gallery of test + unseen images: the new images compete with the
+    trained ones, and the two Recall@K figures are comparable (same gallery).
+    """
     from modeling_sigma.evaluation import evaluate_retrieval
     from modeling_sigma.index import SigmaImageIndex
     from modeling_sigma.stage0_identifiers import SigmaIdentifierBuilder
     from modeling_sigma.training import load_previous_stage
 
     model, _ = load_previous_stage(os.path.join(root, "stage3"), "stage3")
-    unseen = load_corpus(EMBEDDED_CORPUS_NAME, cache_dir=cache_dir)["unseen"]
+    corpus = load_corpus(EMBEDDED_CORPUS_NAME, cache_dir=cache_dir)
+    unseen = corpus["unseen"]
     if smoke:  # a 3-step model writes one prefix for every image: keep within the suffix capacity
         unseen = unseen.select(range(16))
     extra = {}
@@ -133,26 +143,74 @@ def run_open_set(root: str, cache_dir: str, mode: str, smoke: bool, rerank: bool
         unseen["image"], unseen["image_id"], mode=mode, model=model, **extra
     )
     added = time.time() - lap
-    max_queries = 64 if smoke else None
-    metrics = evaluate_retrieval(model, unseen, max_queries=max_queries)
+    evaluate = partial(evaluate_retrieval, model, max_queries=64 if smoke else None)
+    metrics = {**evaluate(unseen), "queries_on": "unseen", "gallery": "unseen"}
     metrics["images_per_second_added"] = round(len(unseen) / added, 1)
     if rerank:
-        metrics["reranked"] = evaluate_retrieval(
-            model, unseen, max_queries=max_queries, rerank_weight=RERANK_WEIGHT
-        )
+        metrics["reranked"] = evaluate(unseen, rerank_weight=RERANK_WEIGHT)
+    if joint:
+        gallery = list(corpus["test"]["image_id"]) + list(unseen["image_id"])
+        metrics["joint_gallery"] = {
+            split: {**evaluate(dataset, gallery_ids=gallery), "queries_on": split, "gallery": "test + unseen"}
+            for split, dataset in (("unseen", unseen), ("test", corpus["test"]))
+        }
     return metrics
 
 
-def format_table(rows: dict[str, dict], chance: float) -> str:
-    lines = ["| system | R@1 | R@5 | R@10 |", "|---|---|---|---|"]
-    for name, metrics in rows.items():
-        for label, figures in ((name, metrics), (f"{name} + re-ranking", metrics.get("reranked"))):
-            if figures:
-                cells = " | ".join(f"{100 * figures[f'recall@{k}']:.1f}" for k in (1, 5, 10))
-                lines.append(f"| {label} | {cells} |")
+def table_rows(results: dict[str, dict]) -> list[dict]:
+    """One flat row per figure set of `main`'s results: `system`, `queries_on`, `gallery` (with its size),
+    `reranked` and `R@1/5/10` in %. Nested re-ranked and joint-gallery figures become rows of their own."""
+    rows = []
+
+    def add(system: str, figures: dict, reranked: bool, defaults: dict) -> None:
+        queries_on = figures.get("queries_on", defaults.get("queries_on", "test"))
+        gallery = figures.get("gallery", defaults.get("gallery", queries_on))
+        size = figures.get("images", defaults.get("images"))
+        recall = {f"R@{k}": round(100 * figures[f"recall@{k}"], 1) for k in (1, 5, 10)}
+        gallery_label = f"{gallery} ({size})" if size else gallery
+        rows.append(
+            {
+                "system": system,
+                "queries_on": queries_on,
+                "gallery": gallery_label,
+                "reranked": reranked,
+                **recall,
+            }
+        )
+
+    for system, metrics in results.items():
+        add(system, metrics, False, {})
+        if metrics.get("reranked"):
+            add(system, metrics["reranked"], True, metrics)
+        for figures in metrics.get("joint_gallery", {}).values():
+            add(system, figures, False, {})
+    return rows
+
+
+def format_table(results: dict[str, dict], chance: float) -> str:
+    lines = ["| system | queries on | gallery | R@1 | R@5 | R@10 |", "|---|---|---|---|---|---|"]
+    for row in table_rows(results):
+        label = f"{row['system']} + re-ranking" if row["reranked"] else row["system"]
+        cells = " | ".join(str(row[f"R@{k}"]) for k in (1, 5, 10))
+        lines.append(f"| {label} | {row['queries_on']} | {row['gallery']} | {cells} |")
     lines.append(
-        f"| chance (1 / test images) | {100 * chance:.1f} | {500 * chance:.1f} | {1000 * chance:.1f} |"
+        f"| chance (1 / test images) | test | test | {100 * chance:.1f} | {500 * chance:.1f} | {1000 * chance:.1f} |"
     )
+    return "\n".join(lines)
+
+
+def open_set_summary(results: dict[str, dict]) -> str:
+    """The open-set check in one line per mode: unseen R@10 as a share of test R@10 in the same gallery."""
+    lines = []
+    for system, metrics in results.items():
+        joint = metrics.get("joint_gallery")
+        if joint:
+            unseen, test = (100 * joint[split]["recall@10"] for split in ("unseen", "test"))
+            share = f"{100 * unseen / test:.0f} %" if test else "n/a"
+            lines.append(
+                f"open set, {system}: R@10 {unseen:.1f} on unseen queries vs {test:.1f} on test queries, "
+                f"same gallery of {joint['test']['images']} images ({share})"
+            )
     return "\n".join(lines)
 
 
@@ -181,7 +239,7 @@ def main(argv=None) -> dict:
     for mode in ("generate", "quantizer"):
         lap = time.time()
         rows[f"SIGMA-tiny, unseen images added after training ({mode})"] = run_open_set(
-            args.output_dir, cache_dir, mode, args.smoke, args.rerank
+            args.output_dir, cache_dir, mode, args.smoke, args.rerank, joint=mode == "generate"
         )
         timings[f"open-set {mode}"] = round(time.time() - lap, 1)
     if args.ablations:
@@ -194,9 +252,10 @@ def main(argv=None) -> dict:
     corpus = load_corpus(EMBEDDED_CORPUS_NAME, cache_dir=cache_dir)
     table = format_table(rows, 1 / len(corpus["test"]))
     print(
-        f"\nText→image retrieval on TinyShapes: test rows search the {len(corpus['test'])} test images with their "
-        f"{5 * len(corpus['test'])} captions; unseen rows search the {len(corpus['unseen'])} unseen images with "
-        f"theirs{' (smoke run: 64 queries)' if args.smoke else ''}\n{table}"
+        f"\nText→image retrieval on TinyShapes, Recall@K in %: each row queries the captions of one split "
+        f"(test: {len(corpus['test'])} images indexed at training; unseen: {len(corpus['unseen'])} images added "
+        f"after training) and searches the gallery named, with its size"
+        f"{' (smoke run: 64 queries)' if args.smoke else ''}\n{table}\n\n{open_set_summary(rows)}"
     )
     report = {
         "results": rows,

@@ -153,7 +153,9 @@ def build_demo(model_path=None, corpus=None, builder=None, describe_model_path=N
             decode_button = gr.Button("Decode", variant="primary")
             with gr.Row():
                 caption = gr.Textbox(label="Caption the model writes", interactive=False, elem_id="caption")
-                decoded_image = gr.Image(label="Indexed image", interactive=False, height=160)
+                decoded_image = gr.Image(
+                    label="Indexed image", interactive=False, height=160, elem_id="decoded-image"
+                )
             decode_note = gr.Markdown()
         with gr.Tab("Add", id="add"):
             with gr.Row():

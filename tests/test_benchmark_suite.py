@@ -22,7 +22,8 @@ def fake_report() -> dict:
             "rows": [
                 {
                     "system": "two-tower (tiny CLIP + faiss)",
-                    "searched": "test",
+                    "queries_on": "test",
+                    "gallery": "test (500)",
                     "reranked": False,
                     "R@1": 16.7,
                     "R@5": 43.6,
@@ -30,7 +31,8 @@ def fake_report() -> dict:
                 },
                 {
                     "system": "SIGMA-tiny",
-                    "searched": "test",
+                    "queries_on": "test",
+                    "gallery": "test (500)",
                     "reranked": False,
                     "R@1": 15.1,
                     "R@5": 37.2,
@@ -38,7 +40,8 @@ def fake_report() -> dict:
                 },
                 {
                     "system": "SIGMA-tiny",
-                    "searched": "test",
+                    "queries_on": "test",
+                    "gallery": "test (500)",
                     "reranked": True,
                     "R@1": 15.3,
                     "R@5": 37.0,
@@ -99,7 +102,7 @@ def test_report_renders_tables_and_plots(tmp_path, monkeypatch):
     for plot in ("quality.png", "latency.png", "efficiency.png"):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
     markdown = (tmp_path / "BENCHMARKS.md").read_text()
-    assert "| SIGMA-tiny | test | yes | 15.3 | 37.0 | 46.5 |" in markdown
+    assert "| SIGMA-tiny | test | test (500) | yes | 15.3 | 37.0 | 46.5 |" in markdown
     assert "| 1,000,000 | 20.0 | 400.0 |" in markdown
     size = report["efficiency"]["latency"]["crossover"]["64"]["1"]["corpus_size"]
     assert abs(size - 995_000) <= 1  # 0.1 ms + 0.02 ms per 1,000 images reaches 20 ms at 995,000

@@ -85,7 +85,8 @@ def test_measured_tables_match_results_json(card):
         if line.startswith("| ") and not line.startswith("| system")
     ]
     expected = [
-        [row["system"], row["searched"], "yes" if row["reranked"] else "no", *(str(row[f"R@{k}"]) for k in (1, 5, 10))]
+        [row["system"], row["queries_on"], row["gallery"], "yes" if row["reranked"] else "no",
+         *(str(row[f"R@{k}"]) for k in (1, 5, 10))]
         for row in results["quality"]["rows"]
     ]  # fmt: skip
     assert rows == expected and len(rows) >= 15  # SIGMA-tiny, baseline, open set and ablations, ± re-ranking

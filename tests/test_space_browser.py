@@ -17,6 +17,8 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 SCREENSHOT = Path(__file__).resolve().parent.parent / "results" / "space_screenshot.png"
 TIMEOUT_MS = 30_000
+SETTLED = """() => !document.querySelector('.pending')
+    && [...document.querySelectorAll('img')].every(img => img.complete && img.naturalWidth > 0)"""
 
 
 def require_browser():
@@ -86,7 +88,7 @@ def test_search_then_decode_in_the_browser(page, page_url, tiny_corpus, tmp_path
     assert images.count() == 5
     for hit in expected:
         assert hit["image_id"] in gallery_text
-    page.screenshot(path=str(tmp_path / "search.png"), full_page=True)
+    screenshot(page, tmp_path / "search.png")
 
     # ----- decode: pick the top hit's identifier in the picker, decode it, read the caption
     top = expected[0]
@@ -100,7 +102,8 @@ def test_search_then_decode_in_the_browser(page, page_url, tiny_corpus, tmp_path
     assert caption, "the briefly trained tiny model should write a caption"
     page.wait_for_function("text => document.querySelector('#caption textarea').value === text", arg=caption)
     page.get_by_text(f"is the identifier of {top['image_id']}", exact=False).wait_for()
-    page.screenshot(path=str(tmp_path / "decode.png"), full_page=True)
+    page.wait_for_function("() => document.querySelector('#decoded-image img')?.naturalWidth > 0")
+    screenshot(page, tmp_path / "decode.png")
 
     # ----- one picture of both tabs, kept in results/ for the README and for people to look at
     combined = stack_vertically([tmp_path / "search.png", tmp_path / "decode.png"])
@@ -108,6 +111,13 @@ def test_search_then_decode_in_the_browser(page, page_url, tiny_corpus, tmp_path
     SCREENSHOT.parent.mkdir(exist_ok=True)
     shutil.copyfile(tmp_path / "space_screenshot.png", SCREENSHOT)
     assert Image.open(SCREENSHOT).size == combined.size
+
+
+def screenshot(page, path: Path) -> None:
+    """A full-page screenshot once no output is pending and every image has loaded (outputs fade in)."""
+    page.wait_for_function(SETTLED)
+    page.wait_for_timeout(400)  # Gradio's 0.15 s opacity transition back from the pending state
+    page.screenshot(path=str(path), full_page=True)
 
 
 def stack_vertically(paths: list[Path]) -> Image.Image:
