@@ -14,10 +14,10 @@ import time
 
 import torch
 
-from modeling_sigma.corpus import TinyShapesConfig, generate_tiny_shapes
-from modeling_sigma.embedded_backbone import build_sigma_model
-from modeling_sigma.identifier_tokens import SigmaIdentifierLayout
-from modeling_sigma.index import SigmaImageIndex
+from modeling_sigma.data.corpus import TinyShapesConfig, generate_tiny_shapes
+from modeling_sigma.modeling.identifier_layout import SigmaIdentifierLayout
+from modeling_sigma.open_set.index import SigmaImageIndex
+from modeling_sigma.training.backbone import build_sigma_model
 
 
 def measure_insert_throughput(

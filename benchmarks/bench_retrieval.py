@@ -13,8 +13,8 @@ import time
 
 import torch
 
-from modeling_sigma.embedded_backbone import build_sigma_model
-from modeling_sigma.identifier_tokens import SigmaIdentifierLayout
+from modeling_sigma.modeling.identifier_layout import SigmaIdentifierLayout
+from modeling_sigma.training.backbone import build_sigma_model
 
 FALLBACK_CAPTIONS = [
     "a red circle on a blue background",
@@ -36,7 +36,7 @@ def random_identifiers(num: int, sizes: list[int], seed: int = 0) -> torch.Tenso
 
 def load_captions() -> list[str]:
     try:
-        from modeling_sigma.corpus import load_corpus
+        from modeling_sigma.data.corpus import load_corpus
 
         captions = load_corpus("tiny-shapes")["train"]["captions"]
         return [caption for image_captions in captions for caption in image_captions]

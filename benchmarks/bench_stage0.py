@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from functools import partial
 
@@ -28,10 +27,8 @@ import numpy as np
 import torch
 from transformers import PrefixConstrainedLogitsProcessor
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from modeling_sigma.stage0_identifiers import SigmaIdentifierBuilder, SigmaIdentifierBuilderConfig  # noqa: E402
-from modeling_sigma.trie import SigmaIdentifierTrie, SigmaTrieLogitsProcessor  # noqa: E402
+from modeling_sigma.identifiers.builder import SigmaIdentifierBuilder, SigmaIdentifierBuilderConfig
+from modeling_sigma.modeling.trie import SigmaIdentifierTrie, SigmaTrieLogitsProcessor
 
 BASE_VOCAB = 1000  # identifier tokens start after a pretend text vocabulary
 EOS_TOKEN_ID = 2

@@ -48,8 +48,8 @@ import bench_index  # noqa: E402
 import bench_retrieval  # noqa: E402
 import bench_stage0  # noqa: E402
 
-from modeling_sigma.embedded_backbone import build_sigma_model  # noqa: E402
-from modeling_sigma.identifier_tokens import SigmaIdentifierLayout  # noqa: E402
+from modeling_sigma.modeling.identifier_layout import SigmaIdentifierLayout  # noqa: E402
+from modeling_sigma.training.backbone import build_sigma_model  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "results")
 MARKERS = ("<!-- benchmarks:start -->", "<!-- benchmarks:end -->")
@@ -126,7 +126,7 @@ def run_latency(sizes: list[int], repeats: int, dims: list[int]) -> dict:
     """p50 query latency (batch 1 and batch 32) of the tiny SIGMA model and of faiss flat search, per size."""
     import faiss
 
-    from modeling_sigma.encoders import load_encoder
+    from modeling_sigma.identifiers.encoders import load_encoder
 
     faiss.omp_set_num_threads(1)
     torch.manual_seed(0)
@@ -215,7 +215,7 @@ def run_constraint(num_identifiers: int, repeats: int) -> dict:
 
 def run_stage0_build(sizes: list[int], dim: int) -> dict:
     """Seconds to fit all stage-0 levels on synthetic clustered features."""
-    from modeling_sigma.stage0_identifiers import SigmaIdentifierBuilder, SigmaIdentifierBuilderConfig
+    from modeling_sigma.identifiers.builder import SigmaIdentifierBuilder, SigmaIdentifierBuilderConfig
 
     seconds = []
     for size in sizes:

@@ -1,21 +1,26 @@
-"""SIGMA: generative text-to-image retrieval with hierarchical identifiers."""
+"""SIGMA: generative text-to-image retrieval with hierarchical identifiers.
+
+The sub-packages follow the pipeline of the paper (see docs/ARCHITECTURE.md):
+`data` → `identifiers` (stage 0) → `modeling` (the remote-code model) → `training` (stages 1–3) →
+`evaluation` → `open_set` (adding images after training) → `hub` (publishing).
+"""
 
 import importlib
 
-# Lazy exports: `import modeling_sigma.corpus` should not pay for importing the model stack.
+# Lazy exports: `import modeling_sigma.data.corpus` should not pay for importing the model stack.
 _LAZY_EXPORTS = {
-    "SigmaConfig": "configuration_sigma",
-    "SigmaForRetrieval": "modeling_sigma",
-    "SigmaPreTrainedModel": "modeling_sigma",
-    "SigmaRetrievalOutput": "modeling_sigma",
-    "SigmaProcessor": "processing_sigma",
-    "SigmaIdentifierTrie": "trie",
-    "SigmaTrieLogitsProcessor": "trie",
-    "build_sigma_model": "embedded_backbone",
-    "SigmaIdentifierLayout": "identifier_tokens",
-    "SigmaIdentifierBuilder": "stage0_identifiers",
-    "SigmaIdentifierBuilderConfig": "stage0_identifiers",
-    "load_codebook": "stage0_identifiers",
+    "SigmaConfig": "modeling.configuration_sigma",
+    "SigmaForRetrieval": "modeling.modeling_sigma",
+    "SigmaPreTrainedModel": "modeling.modeling_sigma",
+    "SigmaRetrievalOutput": "modeling.modeling_sigma",
+    "SigmaProcessor": "modeling.processing_sigma",
+    "SigmaIdentifierTrie": "modeling.trie",
+    "SigmaTrieLogitsProcessor": "modeling.trie",
+    "SigmaIdentifierLayout": "modeling.identifier_layout",
+    "build_sigma_model": "training.backbone",
+    "SigmaIdentifierBuilder": "identifiers.builder",
+    "SigmaIdentifierBuilderConfig": "identifiers.builder",
+    "load_codebook": "identifiers.builder",
 }
 
 

@@ -149,8 +149,8 @@ def run_index_add(args: argparse.Namespace) -> None:
 
 
 def run_index_remove(args: argparse.Namespace) -> None:
-    from .configuration_sigma import SigmaConfig
-    from .index import SigmaImageIndex
+    from modeling_sigma.modeling.configuration_sigma import SigmaConfig
+    from modeling_sigma.open_set.index import SigmaImageIndex
 
     config = SigmaConfig.from_pretrained(args.model)  # the fingerprint needs the config, not the weights
     index = SigmaImageIndex.load(args.index, model=config)
@@ -160,7 +160,7 @@ def run_index_remove(args: argparse.Namespace) -> None:
 
 
 def run_index_info(args: argparse.Namespace) -> None:
-    from .index import SigmaImageIndex
+    from modeling_sigma.open_set.index import SigmaImageIndex
 
     index = SigmaImageIndex.load(args.index)
     print(json.dumps({"images": len(index), **index.fingerprint}, indent=2))
@@ -168,10 +168,10 @@ def run_index_info(args: argparse.Namespace) -> None:
 
 def run_eval(args: argparse.Namespace) -> None:
     try:
-        from .evaluation import evaluate_retrieval
+        from modeling_sigma.evaluation.retrieval import evaluate_retrieval
     except ImportError as error:
         raise ValueError(f"evaluation is not available in this install: {error}") from error
-    from .corpus import get_split, load_corpus
+    from modeling_sigma.data.corpus import get_split, load_corpus
 
     model = _load_model(args.model)
     if args.index is not None:
@@ -184,7 +184,7 @@ def run_eval(args: argparse.Namespace) -> None:
 def run_push(args: argparse.Namespace) -> None:
     from huggingface_hub.errors import HfHubHTTPError
 
-    from . import hub
+    from modeling_sigma import hub
 
     push = {
         "model": hub.push_model_to_hub,
@@ -211,7 +211,7 @@ def run_push(args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------------------------------- helpers
 def _load_model(path: str):
-    from .modeling_sigma import SigmaForRetrieval
+    from modeling_sigma.modeling.modeling_sigma import SigmaForRetrieval
 
     if not Path(path).is_dir():
         raise FileNotFoundError(f"--model {path!r} is not a folder (a checkpoint saved with save_pretrained)")
@@ -220,7 +220,7 @@ def _load_model(path: str):
 
 def _open_index(folder: str | None, model, must_exist: bool):
     """The index folder (checked against `model`), or an index holding the model's own codebook."""
-    from .index import SigmaImageIndex
+    from modeling_sigma.open_set.index import SigmaImageIndex
 
     if folder is not None and Path(folder).exists():
         return SigmaImageIndex.load(folder, model=model)
@@ -244,8 +244,8 @@ def _expand_images(inputs: list[str]) -> list[str]:
 def _load_quantizer(folder: str | None, encoder_name: str):
     if folder is None:
         raise ValueError("--mode quantizer needs --quantizer (a stage-0 folder written by recipes/stage0.py)")
-    from .encoders import load_encoder
-    from .stage0_identifiers import SigmaIdentifierBuilder
+    from modeling_sigma.identifiers.builder import SigmaIdentifierBuilder
+    from modeling_sigma.identifiers.encoders import load_encoder
 
     return SigmaIdentifierBuilder.load(folder), load_encoder(encoder_name)
 

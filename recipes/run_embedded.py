@@ -15,17 +15,14 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 import time
 from functools import partial
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from modeling_sigma.corpus import EMBEDDED_CORPUS_NAME, caption_pairs, load_corpus  # noqa: E402
-from modeling_sigma.encoders import encode_split, load_encoder  # noqa: E402
-from modeling_sigma.recipe_config import read_section  # noqa: E402
-from modeling_sigma.recipe_config import run_recipe as run_recipe_file  # noqa: E402
-from modeling_sigma.two_tower import evaluate_two_tower  # noqa: E402
+from modeling_sigma.data.corpus import EMBEDDED_CORPUS_NAME, caption_pairs, load_corpus
+from modeling_sigma.evaluation.two_tower import evaluate_two_tower
+from modeling_sigma.identifiers.encoders import encode_split, load_encoder
+from modeling_sigma.training.recipe_config import read_section
+from modeling_sigma.training.recipe_config import run_recipe as run_recipe_file
 
 RECIPES = os.path.dirname(os.path.abspath(__file__))
 CONFIG = os.path.join(RECIPES, "configs", "tiny-shapes.yaml")
@@ -96,11 +93,11 @@ def run_sigma(
         run_stage(stage, [*flags, *common, *stage_flags.get(stage, [])], dirs[stage], reuse)
         previous = dirs[stage]
     flags = ["--model_name_or_path", previous] + (["--max_queries", "64"] if smoke else [])
-    report = run_recipe("evaluate", flags + ["--output_file", os.path.join(root, "evaluation.json")])
+    report = run_recipe("evaluation", flags + ["--output_file", os.path.join(root, "evaluation.json")])
     if not rerank:
         return report
     reranked = run_recipe(
-        "evaluate",
+        "evaluation",
         flags
         + [
             "--rerank_weight",
@@ -122,10 +119,10 @@ def run_open_set(
     and the test captions searched in one gallery of test + unseen images: the new images compete with the
     trained ones, and the two Recall@K figures are comparable (same gallery).
     """
-    from modeling_sigma.evaluation import evaluate_retrieval
-    from modeling_sigma.index import SigmaImageIndex
-    from modeling_sigma.stage0_identifiers import SigmaIdentifierBuilder
-    from modeling_sigma.training import load_previous_stage
+    from modeling_sigma.evaluation.retrieval import evaluate_retrieval
+    from modeling_sigma.identifiers.builder import SigmaIdentifierBuilder
+    from modeling_sigma.open_set.index import SigmaImageIndex
+    from modeling_sigma.training.arguments import load_previous_stage
 
     model, _ = load_previous_stage(os.path.join(root, "stage3"), "stage3")
     corpus = load_corpus(EMBEDDED_CORPUS_NAME, cache_dir=cache_dir)

@@ -12,19 +12,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 from transformers import HfArgumentParser
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from modeling_sigma.corpus import COLOURS, EMBEDDED_CORPUS_NAME, SHAPES, get_split, load_corpus  # noqa: E402
-from modeling_sigma.encoders import encode_split, load_encoder  # noqa: E402
-from modeling_sigma.recipe_config import parse_recipe_args  # noqa: E402
-from modeling_sigma.stage0_identifiers import SigmaIdentifierBuilder, SigmaIdentifierBuilderConfig  # noqa: E402
+from modeling_sigma.data.corpus import COLOURS, EMBEDDED_CORPUS_NAME, SHAPES, get_split, load_corpus
+from modeling_sigma.identifiers.builder import SigmaIdentifierBuilder, SigmaIdentifierBuilderConfig
+from modeling_sigma.identifiers.encoders import encode_split, load_encoder
+from modeling_sigma.training.recipe_config import parse_recipe_args
 
 SECTION = "stage0"
 logger = logging.getLogger(__name__)

@@ -11,24 +11,20 @@ adds the identifier tokens, and saves a `SigmaForRetrieval` checkpoint to `outpu
 from __future__ import annotations
 
 import logging
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from trl import SFTConfig, TrlParser
 
-from trl import SFTConfig, TrlParser  # noqa: E402
-
-from modeling_sigma.corpus import get_split  # noqa: E402
-from modeling_sigma.embedded_backbone import build_sigma_model  # noqa: E402
-from modeling_sigma.recipe_config import parse_recipe_args  # noqa: E402
-from modeling_sigma.training import (  # noqa: E402
+from modeling_sigma.data.corpus import get_split
+from modeling_sigma.training.arguments import (
     SigmaStageArguments,
     load_identifiers,
     load_stage_corpus,
     lora_config,
-    memorization_examples,
-    train_and_save,
 )
+from modeling_sigma.training.backbone import build_sigma_model
+from modeling_sigma.training.examples import memorization_examples
+from modeling_sigma.training.recipe_config import parse_recipe_args
+from modeling_sigma.training.trainer import train_and_save
 
 SECTION = "stage1"
 

@@ -10,26 +10,21 @@ the stage-1 checkpoint (`model_name_or_path`).
 from __future__ import annotations
 
 import logging
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from trl import SFTConfig, TrlParser
 
-from trl import SFTConfig, TrlParser  # noqa: E402
-
-from modeling_sigma.corpus import get_split  # noqa: E402
-from modeling_sigma.recipe_config import parse_recipe_args  # noqa: E402
-from modeling_sigma.training import (  # noqa: E402
+from modeling_sigma.data.corpus import get_split
+from modeling_sigma.training.arguments import (
     SigmaStageArguments,
-    comprehension_examples,
     load_identifiers,
     load_previous_stage,
     load_stage_corpus,
     lora_config,
-    memorization_examples,
     require_columns,
-    train_and_save,
 )
+from modeling_sigma.training.examples import comprehension_examples, memorization_examples
+from modeling_sigma.training.recipe_config import parse_recipe_args
+from modeling_sigma.training.trainer import train_and_save
 
 SECTION = "stage2"
 

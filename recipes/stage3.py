@@ -11,28 +11,23 @@ Starts from the stage-2 checkpoint (`model_name_or_path`); resumes from the last
 from __future__ import annotations
 
 import logging
-import os
 import random
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from trl import SFTConfig, TrlParser
 
-from trl import SFTConfig, TrlParser  # noqa: E402
-
-from modeling_sigma.corpus import get_split  # noqa: E402
-from modeling_sigma.recipe_config import parse_recipe_args  # noqa: E402
-from modeling_sigma.soft_labels import SOFT_LABEL_COLUMN, add_soft_labels, load_teacher  # noqa: E402
-from modeling_sigma.training import (  # noqa: E402
+from modeling_sigma.data.corpus import get_split
+from modeling_sigma.training.arguments import (
     SigmaStageArguments,
-    alignment_examples,
     load_identifiers,
     load_previous_stage,
     load_stage_corpus,
     lora_config,
-    memorization_examples,
     require_columns,
-    train_and_save,
 )
+from modeling_sigma.training.examples import alignment_examples, memorization_examples
+from modeling_sigma.training.recipe_config import parse_recipe_args
+from modeling_sigma.training.soft_labels import SOFT_LABEL_COLUMN, add_soft_labels, load_teacher
+from modeling_sigma.training.trainer import train_and_save
 
 SECTION = "stage3"
 
@@ -52,7 +47,7 @@ def soft_labelled_train_split(script_args: SigmaStageArguments, corpus):
         return train
     teacher_name = script_args.teacher
     if teacher_name == "tiny-clip":
-        from modeling_sigma.tiny_clip import get_tiny_clip
+        from modeling_sigma.identifiers.tiny_clip import get_tiny_clip
 
         teacher_name = get_tiny_clip(script_args.cache_dir)
     return add_soft_labels(train, load_teacher(teacher_name))

@@ -86,7 +86,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     os.chdir(ROOT)  # the YAML's output and cache folders are relative to the repository root
     sys.path.insert(0, str(ROOT))
-    from modeling_sigma.recipe_config import run_recipe
+    from modeling_sigma.training.recipe_config import run_recipe
 
     if args.exit_with_parent:
         exit_with_parent()

@@ -45,8 +45,8 @@ def register_local_classes() -> None:
     """
     from transformers import AutoConfig, AutoModel
 
-    from modeling_sigma.configuration_sigma import SigmaConfig
-    from modeling_sigma.modeling_sigma import SigmaForRetrieval
+    from modeling_sigma.modeling.configuration_sigma import SigmaConfig
+    from modeling_sigma.modeling.modeling_sigma import SigmaForRetrieval
 
     AutoConfig.register(SigmaConfig.model_type, SigmaConfig, exist_ok=True)
     AutoModel.register(SigmaConfig, SigmaForRetrieval, exist_ok=True)
@@ -67,7 +67,7 @@ def for_display(image: Image.Image) -> Image.Image:
 
 def open_upload(path: str | os.PathLike) -> tuple[Image.Image, str | None]:
     """The uploaded file as an RGB image no larger than `PROCESS_PIXELS`, and a notice if it was downscaled."""
-    from modeling_sigma.corpus import to_rgb
+    from modeling_sigma.data.corpus import to_rgb
 
     try:
         with warnings.catch_warnings():  # the size is checked below, with a message that names it
@@ -112,7 +112,7 @@ class SigmaCorpusImages:
     def load(cls, name_or_path: str | None) -> SigmaCorpusImages:
         if not name_or_path or name_or_path.lower() == "none":
             return cls()
-        from modeling_sigma.corpus import load_corpus
+        from modeling_sigma.data.corpus import load_corpus
 
         DEFAULT_CACHE.mkdir(parents=True, exist_ok=True)
         return cls(load_corpus(name_or_path, cache_dir=str(DEFAULT_CACHE)))
@@ -123,7 +123,7 @@ class SigmaCorpusImages:
     def get(self, image_id: str) -> Image.Image | None:
         if image_id not in self.rows:
             return None
-        from modeling_sigma.corpus import load_image
+        from modeling_sigma.data.corpus import load_image
 
         split, row = self.rows[image_id]
         dataset = self.corpus[split] if split != "data" else self.corpus
@@ -201,7 +201,7 @@ class SigmaSpace:
     def _load(self) -> None:
         from transformers import AutoModel
 
-        from modeling_sigma.index import SigmaImageIndex
+        from modeling_sigma.open_set.index import SigmaImageIndex
 
         register_local_classes()
         model = AutoModel.from_pretrained(self.model_path, trust_remote_code=True).eval()
@@ -298,7 +298,7 @@ class SigmaSpace:
             if image is None:
                 image = self.images.get(image_id)
             if image is None and metadata.get("path"):
-                from modeling_sigma.corpus import load_image
+                from modeling_sigma.data.corpus import load_image
 
                 image = load_image(metadata["path"])
         except ValueError as error:

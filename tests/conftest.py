@@ -9,14 +9,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def tiny_corpus_config():
-    from modeling_sigma.corpus import TinyShapesConfig
+    from modeling_sigma.data.corpus import TinyShapesConfig
 
     return TinyShapesConfig(num_train=48, num_test=16, num_unseen=8, seed=3)
 
 
 @pytest.fixture(scope="session")
 def tiny_corpus(tiny_corpus_config):
-    from modeling_sigma.corpus import generate_tiny_shapes
+    from modeling_sigma.data.corpus import generate_tiny_shapes
 
     return generate_tiny_shapes(tiny_corpus_config)
 

@@ -1,9 +1,13 @@
 """Tiny SIGMA model shared by the modeling and processing tests (no downloads)."""
 
+from pathlib import Path
+
 import torch
 
-from modeling_sigma.embedded_backbone import build_sigma_model
-from modeling_sigma.identifier_tokens import SigmaIdentifierLayout
+from modeling_sigma.modeling.identifier_layout import SigmaIdentifierLayout
+from modeling_sigma.training.backbone import build_sigma_model
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 CAPTIONS = [
     "a red circle on a blue background",

@@ -1,6 +1,5 @@
 """Tests for the `sigma` command line: help, index add/remove/info, search, eval, and input errors."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,8 +11,8 @@ from datasets import DatasetDict
 from sigma_testing_utils import CAPTIONS, TINY_SIZES
 
 from modeling_sigma.cli import main
-from modeling_sigma.embedded_backbone import build_sigma_model
-from modeling_sigma.identifier_tokens import SigmaIdentifierLayout
+from modeling_sigma.modeling.identifier_layout import SigmaIdentifierLayout
+from modeling_sigma.training.backbone import build_sigma_model
 
 LAYOUT = SigmaIdentifierLayout(k1=4, k2=2, k3=2, k4=2, num_subspaces=1, suffix_size=8)
 
@@ -111,13 +110,10 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(checkpoint, capsys, tmp_
     assert {name: (index / name).read_bytes() for name in os.listdir(index)} == before
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("modeling_sigma.evaluation") is None, reason="evaluation not written yet"
-)
 def test_eval_on_an_index_folder(checkpoint, capsys, tiny_corpus, tmp_path):
-    from modeling_sigma.corpus import save_corpus
-    from modeling_sigma.index import SigmaImageIndex
-    from modeling_sigma.modeling_sigma import SigmaForRetrieval
+    from modeling_sigma.data.corpus import save_corpus
+    from modeling_sigma.modeling.modeling_sigma import SigmaForRetrieval
+    from modeling_sigma.open_set.index import SigmaImageIndex
 
     model = SigmaForRetrieval.from_pretrained(checkpoint / "model")
     index = SigmaImageIndex.from_model(model)

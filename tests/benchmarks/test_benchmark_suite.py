@@ -1,0 +1,114 @@
+"""The benchmark suite's own logic (benchmarks/run_suite.py): crossover fit, marked-block rewriting, and that a
+report renders into JSON, Markdown and the three plots. The measurements themselves are benchmarks, not tests."""
+
+import json
+import os
+import sys
+
+from sigma_testing_utils import REPO_ROOT
+
+ROOT = str(REPO_ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import run_suite  # noqa: E402
+
+SIZES = [1_000, 10_000, 100_000, 1_000_000]
+
+
+def fake_report() -> dict:
+    flat = {"1": [0.1 + 2e-5 * n for n in SIZES], "32": [3.0 + 6e-4 * n for n in SIZES]}
+    return {
+        "command": "make bench",
+        "machine": "test",
+        "quality": {
+            "rows": [
+                {
+                    "system": "two-tower (tiny CLIP + faiss)",
+                    "queries_on": "test",
+                    "gallery": "test (500)",
+                    "reranked": False,
+                    "R@1": 16.7,
+                    "R@5": 43.6,
+                    "R@10": 54.8,
+                },
+                {
+                    "system": "SIGMA-tiny",
+                    "queries_on": "test",
+                    "gallery": "test (500)",
+                    "reranked": False,
+                    "R@1": 15.1,
+                    "R@5": 37.2,
+                    "R@10": 46.5,
+                },
+                {
+                    "system": "SIGMA-tiny",
+                    "queries_on": "test",
+                    "gallery": "test (500)",
+                    "reranked": True,
+                    "R@1": 15.3,
+                    "R@5": 37.0,
+                    "R@10": 46.5,
+                },
+            ]
+        },  # fmt: skip
+        "efficiency": {
+            "insert": {"images": 768, "seconds": 2.0, "images_per_second": 384.0, "threads": 1},
+            "constraint": {
+                "identifiers": 1_000_000,
+                "steps": 6,
+                "model_ms_per_step": {"1": {"with_trie": 2.0, "without_trie": 1.5, "overhead": 0.5}},
+                "processor_ms_per_step": {
+                    "151665": {"SigmaTrieLogitsProcessor": 12.0, "PrefixConstrained + dict trie": 40.0}
+                },
+                "trie": {"bytes_per_identifier": 7.7},
+            },  # fmt: skip
+            "latency": {
+                "sizes": SIZES,
+                "generative_ms": {"1": [20.0] * 4, "32": [400.0] * 4},
+                "faiss_flat_ms": {"64": flat},
+                "crossover": {
+                    "64": {b: run_suite.crossover(SIZES, flat[b], 20.0 if b == "1" else 400.0) for b in flat}
+                },
+            },  # fmt: skip
+            "stage0": {"sizes": [10_000, 100_000], "dim": 512, "seconds": [3.0, 25.0]},
+        },
+    }
+
+
+def test_crossover_of_a_linear_curve():
+    times = [1.0 + 1e-4 * n for n in SIZES]  # 1 ms + 0.1 ms per 1,000 images
+    inside = run_suite.crossover(SIZES, times, 51.0)
+    assert abs(inside["corpus_size"] - 500_000) <= 1 and inside["measured"] is True
+    beyond = run_suite.crossover(SIZES, times, 1001.0)
+    assert abs(beyond["corpus_size"] - 10_000_000) <= 1 and not beyond["measured"]
+    assert run_suite.crossover(SIZES, [5.0] * 4, 10.0) == {"corpus_size": None, "measured": False}
+
+
+def test_replace_marked_keeps_everything_outside_the_markers(tmp_path):
+    document = tmp_path / "doc.md"
+    start, end = run_suite.MARKERS
+    document.write_text(f"# Title\n\nbefore\n{start}\nold table\n{end}\nafter\n")
+    assert run_suite.replace_marked(str(document), "new table\n")
+    assert document.read_text() == f"# Title\n\nbefore\n{start}\nnew table\n{end}\nafter\n"
+    unmarked = tmp_path / "plain.md"
+    unmarked.write_text("no markers\n")
+    assert not run_suite.replace_marked(str(unmarked), "new table\n")
+    assert unmarked.read_text() == "no markers\n"
+
+
+def test_report_renders_tables_and_plots(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_suite, "RESULTS", str(tmp_path))
+    report = json.loads(json.dumps(fake_report()))  # as read back from benchmarks.json (string keys)
+    run_suite.write_outputs(report)
+    assert json.loads((tmp_path / "benchmarks.json").read_text()) == report
+    for plot in ("quality.png", "latency.png", "efficiency.png"):
+        assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
+    markdown = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "| SIGMA-tiny | test | test (500) | yes | 15.3 | 37.0 | 46.5 |" in markdown
+    assert "| 1,000,000 | 20.0 | 400.0 |" in markdown
+    size = report["efficiency"]["latency"]["crossover"]["64"]["1"]["corpus_size"]
+    assert abs(size - 995_000) <= 1  # 0.1 ms + 0.02 ms per 1,000 images reaches 20 ms at 995,000
+    assert (
+        f"crossover, faiss flat 64-d vs SIGMA-tiny, batch 1: N ≈ {size:,}, within the measured range"
+        in markdown
+    )
