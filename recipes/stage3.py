@@ -10,6 +10,7 @@ Starts from the stage-2 checkpoint (`model_name_or_path`); resumes from the last
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 
@@ -26,7 +27,7 @@ from modeling_sigma.training.arguments import (
 )
 from modeling_sigma.training.examples import alignment_examples, memorization_examples
 from modeling_sigma.training.recipe_config import parse_recipe_args
-from modeling_sigma.training.soft_labels import SOFT_LABEL_COLUMN, add_soft_labels, load_teacher
+from modeling_sigma.training.soft_labels import SOFT_LABEL_COLUMN, add_soft_labels
 from modeling_sigma.training.trainer import train_and_save
 
 SECTION = "stage3"
@@ -40,7 +41,7 @@ def hard_labels_only(teacher: str | None) -> bool:
     return teacher is None or teacher.strip().lower() in ("", "none", "null")
 
 
-def soft_labelled_train_split(script_args: SigmaStageArguments, corpus):
+def soft_labelled_train_split(script_args: SigmaStageArguments, training_args: SFTConfig, corpus):
     train = get_split(corpus, "train")
     require_columns(train, ["image", "image_id", "captions"], "the train split")
     if hard_labels_only(script_args.teacher) or SOFT_LABEL_COLUMN in train.column_names:
@@ -50,14 +51,15 @@ def soft_labelled_train_split(script_args: SigmaStageArguments, corpus):
         from modeling_sigma.identifiers.tiny_clip import get_tiny_clip
 
         teacher_name = get_tiny_clip(script_args.cache_dir)
-    return add_soft_labels(train, load_teacher(teacher_name))
+    first = functools.partial(training_args.main_process_first, desc="soft labels")
+    return add_soft_labels(train, teacher_name, cache_dir=script_args.cache_dir, main_process_first=first)
 
 
 def main(script_args: SigmaStageArguments, training_args: SFTConfig) -> dict:
     # ----- data -----
     corpus = load_stage_corpus(script_args)
     _, _, _, identifiers = load_identifiers(script_args.stage0_dir)
-    train = soft_labelled_train_split(script_args, corpus)
+    train = soft_labelled_train_split(script_args, training_args, corpus)
     soft_column = None if hard_labels_only(script_args.teacher) else SOFT_LABEL_COLUMN
     examples = alignment_examples(train, identifiers, soft_column)
     if script_args.alignment_replay_fraction > 0:
