@@ -10,7 +10,6 @@ Starts from the stage-2 checkpoint (`model_name_or_path`); resumes from the last
 
 from __future__ import annotations
 
-import functools
 import logging
 import random
 
@@ -41,7 +40,7 @@ def hard_labels_only(teacher: str | None) -> bool:
     return teacher is None or teacher.strip().lower() in ("", "none", "null")
 
 
-def soft_labelled_train_split(script_args: SigmaStageArguments, training_args: SFTConfig, corpus):
+def soft_labelled_train_split(script_args: SigmaStageArguments, corpus):
     train = get_split(corpus, "train")
     require_columns(train, ["image", "image_id", "captions"], "the train split")
     if hard_labels_only(script_args.teacher) or SOFT_LABEL_COLUMN in train.column_names:
@@ -51,15 +50,14 @@ def soft_labelled_train_split(script_args: SigmaStageArguments, training_args: S
         from modeling_sigma.identifiers.tiny_clip import get_tiny_clip
 
         teacher_name = get_tiny_clip(script_args.cache_dir)
-    first = functools.partial(training_args.main_process_first, desc="soft labels")
-    return add_soft_labels(train, teacher_name, cache_dir=script_args.cache_dir, main_process_first=first)
+    return add_soft_labels(train, teacher_name, cache_dir=script_args.cache_dir)
 
 
 def main(script_args: SigmaStageArguments, training_args: SFTConfig) -> dict:
     # ----- data -----
     corpus = load_stage_corpus(script_args)
     _, _, _, identifiers = load_identifiers(script_args.stage0_dir)
-    train = soft_labelled_train_split(script_args, training_args, corpus)
+    train = soft_labelled_train_split(script_args, corpus)
     soft_column = None if hard_labels_only(script_args.teacher) else SOFT_LABEL_COLUMN
     examples = alignment_examples(train, identifiers, soft_column)
     if script_args.alignment_replay_fraction > 0:

@@ -13,10 +13,11 @@ Teachers, one interface (`score(images, captions) -> np.ndarray` in [0, 1], one 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import json
 import logging
 import os
+import time
 from collections.abc import Sequence
 
 import datasets
@@ -131,27 +132,51 @@ def soft_label_scores(
     dataset: datasets.Dataset,
     teacher: SigmaSoftLabelTeacher | str,
     cache_dir: str | os.PathLike | None = None,
-    main_process_first=None,
+    poll_seconds: float = 2.0,
 ) -> np.ndarray:
     """The teacher's score of every pair of `dataset`, computed once and cached as `.npy` under `cache_dir`.
 
-    `main_process_first` (e.g. `TrainingArguments.main_process_first`): under several processes the main
-    process computes and writes the file while the others wait, then read it, so the teacher (a name is
-    loaded only when scores must be computed) runs on one process only.
+    Under several processes (`LOCAL_RANK` set by torchrun / accelerate launch) the local main process loads the
+    teacher (a name is loaded only there), scores and writes the file; the other ranks wait for the file and
+    read it. They poll the file system rather than wait in a collective, so the scoring (hours for COCO) cannot
+    hit the process group's timeout.
     """
     if cache_dir is None:
         return _teacher(teacher).score_split(dataset)
-    name = teacher if isinstance(teacher, str) else teacher.name
-    key = hashlib.sha1(f"{name}|{dataset._fingerprint}|{len(dataset)}".encode()).hexdigest()[:16]
-    slug = "".join(c if c.isalnum() else "-" for c in os.path.basename(name.rstrip("/")))
-    path = os.path.join(os.fspath(cache_dir), "soft-labels", f"{slug}-{key}.npy")
-    with (main_process_first or contextlib.nullcontext)():
-        if not os.path.isfile(path):
-            scores = _teacher(teacher).score_split(dataset)
-            with atomic_file(path) as stream:
-                np.save(stream, scores)
-            logger.info("soft labels of %d pairs written to %s", len(scores), path)
-        return np.load(path)
+    path = soft_label_path(cache_dir, teacher if isinstance(teacher, str) else teacher.name, dataset)
+    if not os.path.isfile(path):
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            _write_scores(path, teacher, dataset)
+        else:
+            logger.info("waiting for the main process to write %s", path)
+            while not os.path.isfile(path):
+                time.sleep(poll_seconds)
+    return np.load(path, allow_pickle=False)
+
+
+def soft_label_path(cache_dir: str | os.PathLike, teacher_name: str, dataset: datasets.Dataset) -> str:
+    """Cache file of a (teacher, split) pair, keyed by the split's image ids and captions: the same key on every
+    rank and in every environment (an arrow fingerprint need not be)."""
+    digest = hashlib.sha1(teacher_name.encode())
+    for image_id, captions in zip(dataset["image_id"], dataset["captions"]):
+        digest.update(json.dumps([image_id, captions]).encode())
+    key = digest.hexdigest()[:16]
+    slug = "".join(c if c.isalnum() else "-" for c in os.path.basename(teacher_name.rstrip("/")))
+    return os.path.join(os.fspath(cache_dir), "soft-labels", f"{slug}-{key}.npy")
+
+
+def _write_scores(path: str, teacher: SigmaSoftLabelTeacher | str, dataset: datasets.Dataset) -> None:
+    scorer = _teacher(teacher)
+    scores = scorer.score_split(dataset)
+    with atomic_file(path) as stream:
+        np.save(stream, scores)
+    logger.info("soft labels of %d pairs written to %s", len(scores), path)
+    if isinstance(teacher, str):  # loaded here: free its (GPU) memory before the student is loaded
+        del scorer
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def _teacher(teacher: SigmaSoftLabelTeacher | str) -> SigmaSoftLabelTeacher:
@@ -162,11 +187,10 @@ def add_soft_labels(
     dataset: datasets.Dataset,
     teacher: SigmaSoftLabelTeacher | str,
     cache_dir: str | os.PathLike | None = None,
-    main_process_first=None,
 ) -> datasets.Dataset:
     """Adds a `soft_labels` column (one float per caption of each image) scored by `teacher` (cached, see
     `soft_label_scores`)."""
-    scores = soft_label_scores(dataset, teacher, cache_dir, main_process_first)
+    scores = soft_label_scores(dataset, teacher, cache_dir)
     name = teacher if isinstance(teacher, str) else teacher.name
     captions, _ = caption_pairs(dataset)
     if scores.shape != (len(captions),):
@@ -191,5 +215,6 @@ __all__ = [
     "add_soft_labels",
     "load_teacher",
     "pair_chunks",
+    "soft_label_path",
     "soft_label_scores",
 ]

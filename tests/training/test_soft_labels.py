@@ -1,5 +1,9 @@
 """Stage-3 soft labels at real sizes: the reranker's bare-float reply, its device, chunked decoding, the cache."""
 
+import os
+import threading
+import time
+
 import datasets
 import numpy as np
 import pytest
@@ -105,3 +109,26 @@ def test_a_wrong_number_of_scores_is_an_error():
 
     with pytest.raises(ValueError, match="3 scores for 15 pairs"):
         add_soft_labels(corpus(), Short())
+
+
+def test_other_ranks_wait_for_the_main_process_file(tmp_path, monkeypatch):
+    dataset = corpus()
+    path = soft_labels.soft_label_path(tmp_path, "counting-teacher", dataset)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(
+        soft_labels, "load_teacher", lambda name: pytest.fail("a non-main rank loaded the teacher")
+    )
+
+    def main_process_writes():
+        time.sleep(0.3)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        np.save(path, np.full(15, 0.5, np.float32))
+
+    writer = threading.Thread(target=main_process_writes)
+    writer.start()
+    scores = soft_label_scores(dataset, "counting-teacher", cache_dir=tmp_path, poll_seconds=0.05)
+    writer.join()
+    assert scores.tolist() == [0.5] * 15
+    assert (
+        soft_labels.soft_label_path(tmp_path, "counting-teacher", corpus()) == path
+    )  # same key on every rank
