@@ -10,6 +10,7 @@ from modeling_sigma.data.adapters import (
     adapt_flickr30k,
     check_split_counts,
     load_hub_corpus,
+    parquet_files,
 )
 
 
@@ -178,3 +179,28 @@ def test_published_counts_are_checked():
 def test_num_unseen_holds_out_train_images_only_when_asked():
     corpus = adapt_flickr30k(fake_flickr30k())
     assert "unseen" not in corpus and len(corpus["train"]) == 8
+
+
+def test_hub_files_are_listed_at_the_parquet_revision(monkeypatch):
+    import huggingface_hub
+
+    asked = {}
+
+    class FakeApi:
+        def list_repo_files(self, repo_id, repo_type, revision):
+            asked.update(repo_id=repo_id, repo_type=repo_type, revision=revision)
+            return [".gitattributes", "TEST/test/0001.parquet", "TEST/test/0000.parquet", "flickr30k.py"]
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    files = parquet_files("nlphuji/flickr30k", PARQUET_REVISION["nlphuji/flickr30k"])
+    assert asked == {
+        "repo_id": "nlphuji/flickr30k",
+        "repo_type": "dataset",
+        "revision": "refs/convert/parquet",
+    }
+    assert files == [
+        "hf://datasets/nlphuji/flickr30k@refs/convert/parquet/TEST/test/0000.parquet",
+        "hf://datasets/nlphuji/flickr30k@refs/convert/parquet/TEST/test/0001.parquet",
+    ]
+    parsed = huggingface_hub.utils.parse_hf_uri(files[0])  # how datasets' HfFileSystem reads the URL
+    assert (parsed.revision, parsed.path_in_repo) == ("refs/convert/parquet", "TEST/test/0000.parquet")
