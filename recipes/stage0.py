@@ -4,7 +4,8 @@
     python recipes/stage0.py --config recipes/configs/tiny-shapes.yaml --k1 16 --output_dir outputs/k16
 
 The YAML holds one section per stage; this recipe reads `stage0:`. Flags override the YAML, and unknown
-keys or flags are an error. The output folder (see `modeling_sigma/stage0_storage.py`) holds the codebook
+keys or flags are an error. With `--features_dir` (written by `recipes/extract_features.py`, e.g. with
+jina-embeddings-v4 in its own environment) the encoder is not loaded. The output folder holds the codebook
 dataset, the quantizer and `stage0_config.json` with the statistics printed at the end.
 """
 
@@ -20,6 +21,7 @@ from transformers import HfArgumentParser
 from modeling_sigma.data.corpus import COLOURS, EMBEDDED_CORPUS_NAME, SHAPES, get_split, load_corpus
 from modeling_sigma.identifiers.builder import SigmaIdentifierBuilder, SigmaIdentifierBuilderConfig
 from modeling_sigma.identifiers.encoders import encode_split, load_encoder
+from modeling_sigma.identifiers.precomputed import load_split_features
 from modeling_sigma.training.recipe_config import parse_recipe_args
 
 SECTION = "stage0"
@@ -41,6 +43,12 @@ class Stage0Arguments:
     )
     assign_splits: list[str] = field(
         default_factory=list, metadata={"help": "added afterwards with assign()"}
+    )
+    features_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "precomputed image features (recipes/extract_features.py); the encoder is not loaded"
+        },
     )
     output_dir: str = field(default="outputs/tiny-shapes/stage0", metadata={"help": "stage-0 folder"})
     random_identifiers: bool = field(
@@ -73,9 +81,12 @@ def split_features(script_args: Stage0Arguments, corpus, encoder, splits: list[s
     features, image_ids, captions = [], [], []
     for split in splits:
         dataset = get_split(corpus, split)
-        features.append(
-            encode_split(encoder, dataset, script_args.corpus, split, cache_dir=script_args.cache_dir)
-        )
+        if script_args.features_dir:
+            features.append(load_split_features(script_args.features_dir, split, dataset["image_id"]))
+        else:
+            features.append(
+                encode_split(encoder, dataset, script_args.corpus, split, cache_dir=script_args.cache_dir)
+            )
         image_ids.extend(dataset["image_id"])
         captions.extend(dataset["captions"])
     return np.concatenate(features), image_ids, captions
@@ -85,11 +96,10 @@ def main(script_args: Stage0Arguments, builder_config: SigmaIdentifierBuilderCon
     # ----- data and features -----
     extra = {"image_root": script_args.image_root} if script_args.image_root else {}
     corpus = load_corpus(script_args.corpus, cache_dir=script_args.cache_dir, **extra)
-    encoder = load_encoder(script_args.encoder)
+    encoder = None if script_args.features_dir else load_encoder(script_args.encoder)
     features, image_ids, captions = split_features(script_args, corpus, encoder, script_args.fit_splits)
-    print(
-        f"encoded {len(image_ids)} images from {script_args.fit_splits} with {encoder.name}: {features.shape}"
-    )
+    source = f"features in {script_args.features_dir}" if encoder is None else encoder.name
+    print(f"encoded {len(image_ids)} images from {script_args.fit_splits} with {source}: {features.shape}")
 
     # ----- identifiers -----
     attributes = caption_attributes(captions) if script_args.corpus == EMBEDDED_CORPUS_NAME else None

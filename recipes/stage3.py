@@ -26,7 +26,7 @@ from modeling_sigma.training.arguments import (
 )
 from modeling_sigma.training.examples import alignment_examples, memorization_examples
 from modeling_sigma.training.recipe_config import parse_recipe_args
-from modeling_sigma.training.soft_labels import SOFT_LABEL_COLUMN, add_soft_labels, load_teacher
+from modeling_sigma.training.soft_labels import SOFT_LABEL_COLUMN, add_soft_labels
 from modeling_sigma.training.trainer import train_and_save
 
 SECTION = "stage3"
@@ -50,7 +50,7 @@ def soft_labelled_train_split(script_args: SigmaStageArguments, corpus):
         from modeling_sigma.identifiers.tiny_clip import get_tiny_clip
 
         teacher_name = get_tiny_clip(script_args.cache_dir)
-    return add_soft_labels(train, load_teacher(teacher_name))
+    return add_soft_labels(train, teacher_name, cache_dir=script_args.cache_dir)
 
 
 def main(script_args: SigmaStageArguments, training_args: SFTConfig) -> dict:

@@ -88,9 +88,15 @@ class SigmaDualEncoder(SigmaEncoder):
 
 
 class SigmaJinaV4Encoder(SigmaEncoder):
-    """jina-embeddings-v4 (2,048-d), the paper's stage-0 encoder, via its remote code (needs Hub access)."""
+    """jina-embeddings-v4 (2,048-d), the paper's stage-0 encoder, via its remote code (needs Hub access).
+
+    Its remote code needs peft, torchvision and transformers < 5.24 (it reads
+    `Qwen2_5_VLForConditionalGeneration._checkpoint_conversion_mapping`). Run it in the pinned environment of
+    docs/REPRODUCE.md through `recipes/extract_features.py`, then stage 0 with `--features_dir`.
+    """
 
     def __init__(self, name_or_path: str = "jinaai/jina-embeddings-v4", device: str | None = None):
+        self.check_environment()
         from transformers import AutoModel
 
         self.name = name_or_path
@@ -98,6 +104,25 @@ class SigmaJinaV4Encoder(SigmaEncoder):
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         self.model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True, dtype=dtype)
         self.model = self.model.to(self.device).eval()
+
+    @staticmethod
+    def check_environment() -> None:
+        """Raises `RuntimeError` naming what is missing before the remote code fails deep inside loading."""
+        from importlib.util import find_spec
+
+        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
+
+        problems = [f"{name} is not installed" for name in ("peft", "torchvision") if find_spec(name) is None]
+        if not hasattr(Qwen2_5_VLForConditionalGeneration, "_checkpoint_conversion_mapping"):
+            import transformers
+
+            problems.append(f"transformers {transformers.__version__} lacks `_checkpoint_conversion_mapping`")
+        if problems:
+            raise RuntimeError(
+                "jina-embeddings-v4's remote code cannot run here: " + "; ".join(problems) + ". Extract the "
+                "features in the pinned environment of docs/REPRODUCE.md (recipes/extract_features.py) and "
+                "run stage 0 with --features_dir."
+            )
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence, batch_size: int = 16, progress: bool = False) -> np.ndarray:

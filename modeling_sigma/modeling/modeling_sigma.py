@@ -115,6 +115,13 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
         self._codebook_keys: torch.Tensor | None = None
         self._codebook_order: torch.Tensor | None = None
         self.post_init()
+        if backbone is not None:
+            self.match_head_dtype()
+
+    def match_head_dtype(self) -> None:
+        """Casts the similarity head to the backbone's dtype: a backbone loaded in bf16 (`dtype="auto"` on a Qwen
+        checkpoint) beside an fp32 head fails outside autocast ("mat1 and mat2 must have the same dtype")."""
+        self.similarity_head.to(dtype=self.backbone.dtype)
 
     def get_input_embeddings(self):
         return self.backbone.get_input_embeddings()
@@ -285,6 +292,7 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """Load the model, then its index and processor when the checkpoint holds them."""
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model.match_head_dtype()
         path = str(pretrained_model_name_or_path)
         options = {
             k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs

@@ -7,11 +7,13 @@ Not remote code: this module may use `tokenizers` and the corpus loader.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AddedToken, AutoProcessor, PreTrainedTokenizerFast
+from transformers import AddedToken, AutoTokenizer, PreTrainedTokenizerFast
 from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLConfig
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -140,18 +142,80 @@ def build_embedded_backbone(captions: list[str], layout: SigmaIdentifierLayout, 
     return Qwen2_5_VLForConditionalGeneration(backbone_config), processor, offsets
 
 
-def build_pretrained_backbone(name_or_path: str, layout: SigmaIdentifierLayout, **load_kwargs):
-    """A real Qwen2.5-VL checkpoint with its processor, extended with identifier tokens."""
-    backbone = Qwen2_5_VLForConditionalGeneration.from_pretrained(name_or_path, **load_kwargs)
-    hub_processor = AutoProcessor.from_pretrained(name_or_path)
-    tokenizer = hub_processor.tokenizer
-    offsets = add_identifier_tokens(tokenizer, layout)
-    backbone.resize_token_embeddings(len(tokenizer))
-    processor = SigmaProcessor(
-        image_processor=hub_processor.image_processor,
+def load_pretrained_processor(name_or_path: str, **options) -> SigmaProcessor:
+    """The processor of a real Qwen2.5-VL folder without torchvision: `AutoProcessor` on such a folder builds
+    the torchvision video processor, so the tokenizer and the PIL image processor are loaded one by one."""
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **options)
+    image_processor = Qwen2VLImageProcessorPil.from_pretrained(name_or_path, **options)
+    return SigmaProcessor(
+        image_processor=image_processor,
         tokenizer=tokenizer,
-        chat_template=getattr(hub_processor, "chat_template", None),
+        chat_template=getattr(tokenizer, "chat_template", None) or _folder_chat_template(name_or_path),
     )
+
+
+def _folder_chat_template(name_or_path: str) -> str | None:
+    """Qwen2.5-VL keeps its chat template in `chat_template.json` (older) or `chat_template.jinja`."""
+    if not os.path.isdir(name_or_path):
+        return None
+    jinja, legacy = (os.path.join(name_or_path, n) for n in ("chat_template.jinja", "chat_template.json"))
+    if os.path.isfile(jinja):
+        with open(jinja) as stream:
+            return stream.read()
+    if os.path.isfile(legacy):
+        with open(legacy) as stream:
+            return json.load(stream).get("chat_template")
+    return None
+
+
+def resize_for_identifiers(
+    backbone, tokenizer, first_identifier_id: int, pad_to_multiple_of: int = 64
+) -> int:
+    """Grows the embedding matrices to hold every token, never shrinking them, and initialises the identifier
+    rows deliberately. Returns the number of rows.
+
+    Qwen2.5-VL-3B has 151,936 rows for 151,665 tokens: the identifier tokens added after them fall on rows
+    that were never trained (padding), so growing is not enough and the rows are overwritten either way. Each
+    identifier token `<id{position}_{value}>` starts at the mean embedding of the tokens spelling `value`
+    (distinct rows, on the scale of trained ones), in the input embeddings and, when untied, the LM head.
+    """
+    rows = backbone.get_input_embeddings().weight.shape[0]
+    needed = len(tokenizer)
+    if needed > rows:
+        backbone.resize_token_embeddings(needed, pad_to_multiple_of=pad_to_multiple_of, mean_resizing=False)
+    strings = tokenizer.convert_ids_to_tokens(list(range(first_identifier_id, needed)))
+    spelled = [tokenizer(_identifier_value(s), add_special_tokens=False)["input_ids"] for s in strings]
+    matrices = {
+        id(m.weight): m.weight for m in (backbone.get_input_embeddings(), backbone.get_output_embeddings())
+    }
+    with torch.no_grad():
+        for weight in matrices.values():
+            for offset, ids in enumerate(spelled):
+                weight[first_identifier_id + offset] = weight[ids].float().mean(0).to(weight.dtype)
+    return backbone.get_input_embeddings().weight.shape[0]
+
+
+def _identifier_value(token: str) -> str:
+    """`"<id3_17>"` → `"17"`."""
+    return token.rstrip(">").rsplit("_", 1)[-1]
+
+
+def build_pretrained_backbone(name_or_path: str, layout: SigmaIdentifierLayout, **load_kwargs):
+    """A real Qwen2.5-VL checkpoint with its processor, extended with identifier tokens (torchvision-free)."""
+    backbone = Qwen2_5_VLForConditionalGeneration.from_pretrained(name_or_path, **load_kwargs)
+    options = {
+        k: load_kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in load_kwargs
+    }
+    processor = load_pretrained_processor(name_or_path, **options)
+    tokenizer = processor.tokenizer
+    first_identifier_id = len(tokenizer)
+    offsets = add_identifier_tokens(tokenizer, layout)
+    if offsets[0] != first_identifier_id:
+        raise ValueError(
+            f"{name_or_path} already holds identifier tokens; start from the original checkpoint"
+        )
+    rows = resize_for_identifiers(backbone, tokenizer, first_identifier_id)
+    logger.info("identifier tokens %d..%d, embedding rows %d", first_identifier_id, len(tokenizer) - 1, rows)
     return backbone, processor, offsets
 
 
@@ -215,5 +279,7 @@ __all__ = [
     "build_pretrained_backbone",
     "build_sigma_model",
     "build_tokenizer",
+    "load_pretrained_processor",
+    "resize_for_identifiers",
     "tiny_backbone_config",
 ]
