@@ -2,7 +2,7 @@
 
 Each card is a `huggingface_hub.DatasetCard`: YAML front matter (`configs` / `data_files` naming the parquet
 shards of every split, `dataset_info` with features and split sizes, license, task categories, tags) and
-prose on the columns, how the data was made and how to load it. `modeling_sigma.hub.export` writes them.
+prose on the columns, how the data was made and how to load it. `modeling_sigma.hub.dataset_repos` writes them.
 """
 
 from __future__ import annotations

@@ -14,9 +14,10 @@ import pytest
 from huggingface_hub import DatasetCard, HfApi, ModelCard
 from sigma_testing_utils import build_tiny_model
 
+from modeling_sigma import hub
 from modeling_sigma.cli import main
 from modeling_sigma.data.corpus import SPLITS, save_corpus
-from modeling_sigma.hub import export as hub
+from modeling_sigma.hub import dataset_repos
 from modeling_sigma.identifiers.builder import SigmaIdentifierBuilder, SigmaIdentifierBuilderConfig
 from modeling_sigma.identifiers.storage import load_builder_folder
 
@@ -176,7 +177,9 @@ def test_model_repo_loads_with_remote_code(checkpoint, tmp_path):
     plots = {f"results/{name}.png" for name in ("quality", "latency", "efficiency")}  # the card's images
     assert set(files) == set(source) | {"README.md"} | plots
     assert all(files[name] == content for name, content in source.items())
-    assert all(files[name] == (hub.DEFAULT_MODEL_CARD.parent / name).read_bytes() for name in plots)
+    assert all(
+        files[name] == (hub.model_repo.DEFAULT_MODEL_CARD.parent / name).read_bytes() for name in plots
+    )
     card = ModelCard.load(folder / "README.md")
     assert card.data.base_model == "Qwen/Qwen2.5-VL-3B-Instruct" and "custom_code" in card.data.tags
     assert 'AutoModel.from_pretrained("me/sigma-tiny", trust_remote_code=True)' in card.text
@@ -215,7 +218,7 @@ def test_card_images_travel_with_the_card(checkpoint, tmp_path, caplog):
         '---\nlicense: mit\n---\n# Tiny\n![a](plots/a.png) ![a again](plots/a.png "title")\n'
         "![gone](plots/missing.png) ![web](https://example.com/b.png) ![up](../secret.png)\n"
     )
-    with caplog.at_level("WARNING", logger="modeling_sigma.hub.export"):
+    with caplog.at_level("WARNING", logger="modeling_sigma.hub.model_repo"):
         folder = hub.export_model_repo(checkpoint, tmp_path / "repo", card=tmp_path / "card" / "README.md")
     files = listing(folder)
     assert files["plots/a.png"] == b"\x89PNG a"
@@ -274,7 +277,7 @@ def test_push_goes_through_hf_api(kind, recorder, checkpoint, stage0_dir, tiny_c
     assert (
         upload["revision"] == "dev" and upload["commit_message"] == "Add it" and upload["token"] == "hf_test"
     )
-    assert upload["delete_patterns"] == hub.STALE_FILES[repo_type]  # shards of an earlier push go
+    assert upload["delete_patterns"] == hub.upload.STALE_FILES[repo_type]  # shards of an earlier push go
     assert set(upload["files"]) == files and b"me/sigma-repo" in upload["files"]["README.md"]
     assert not os.path.exists(upload["folder_path"])  # the staging folder is gone
 
@@ -317,7 +320,7 @@ def test_failure_while_writing_leaves_the_target_untouched(stage0_dir, tmp_path,
     target = tmp_path / "out"
     hub.export_codebook_repo(stage0_dir, target)
     before = snapshot(target)
-    monkeypatch.setattr(hub, "codebook_card", lambda *args, **kwargs: 1 / 0)
+    monkeypatch.setattr(dataset_repos, "codebook_card", lambda *args, **kwargs: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         hub.export_codebook_repo(stage0_dir, target, overwrite=True)
     assert snapshot(target) == before
