@@ -210,6 +210,24 @@ def test_model_card_override(checkpoint, tmp_path):
     }
 
 
+def test_model_repo_carries_an_index_folder(checkpoint, tmp_path, caplog):
+    source = tmp_path / "model"
+    shutil.copytree(checkpoint, source)
+    for name in ("sigma_index.pt", "sigma_index.json"):
+        (source / name).unlink(missing_ok=True)
+    (source / "sigma_index").mkdir()
+    (source / "sigma_index" / "index.safetensors").write_bytes(b"codes")
+    (source / "sigma_index" / "index.json").write_text("{}")
+    with caplog.at_level("WARNING", logger="modeling_sigma.hub.model_repo"):
+        files = listing(hub.export_model_repo(source, tmp_path / "repo"))
+    assert files["sigma_index/index.safetensors"] == b"codes" and "sigma_index/index.json" in files
+    assert "holds no identifier index" not in caplog.text
+    shutil.rmtree(source / "sigma_index")
+    with caplog.at_level("WARNING", logger="modeling_sigma.hub.model_repo"):
+        hub.export_model_repo(source, tmp_path / "repo", overwrite=True)
+    assert "holds no identifier index" in caplog.text
+
+
 def test_card_images_travel_with_the_card(checkpoint, tmp_path, caplog):
     (tmp_path / "card" / "plots").mkdir(parents=True)
     (tmp_path / "card" / "plots" / "a.png").write_bytes(b"\x89PNG a")
@@ -427,3 +445,12 @@ def test_dataset_cards_pass_hub_validation(stage0_dir, tiny_corpus, tmp_path):
     hub.export_corpus_repo(tiny_corpus, tmp_path / "corpus", repo_id="me/corpus")
     for name in ("codebook", "corpus"):
         DatasetCard.load(tmp_path / name / "README.md").validate()  # posts to the Hub's validate-yaml
+
+
+def test_push_to_hub_names_the_kinds(stage0_dir, tmp_path):
+    with pytest.raises(ValueError, match="unknown repo kind 'space'"):
+        hub.push_to_hub("space", stage0_dir, local_dir=tmp_path / "out")
+    assert hub.push_codebook_to_hub.__name__ == "push_codebook_to_hub"
+    direct = hub.push_to_hub("codebook", stage0_dir, local_dir=tmp_path / "a")
+    named = hub.push_codebook_to_hub(stage0_dir, local_dir=tmp_path / "b")
+    assert listing(direct) == listing(named)
