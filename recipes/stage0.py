@@ -4,7 +4,7 @@
     python recipes/stage0.py --config recipes/configs/tiny-shapes.yaml --k1 16 --output_dir outputs/k16
 
 The YAML holds one section per stage; this recipe reads `stage0:`. Flags override the YAML, and unknown
-keys or flags are an error. The output folder (see `modeling_sigma/stage0_storage.py`) holds the codebook
+keys or flags are an error. The output folder (see `modeling_sigma/identifiers/storage.py`) holds the codebook
 dataset, the quantizer and `stage0_config.json` with the statistics printed at the end.
 """
 
