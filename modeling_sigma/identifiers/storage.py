@@ -32,7 +32,9 @@ CODEBOOK_DIR = "codebook"
 QUANTIZER_FILE = "quantizer.safetensors"
 CONFIG_FILE = "stage0_config.json"
 RESIDUAL_CENTROIDS = "residual_centroids"  # (M, K4, d / M): the residual product quantiser of id4
-LEGACY_TENSOR_NAMES = {"residual_codebooks": RESIDUAL_CENTROIDS}  # tensor names of folders saved before the rename
+LEGACY_TENSOR_NAMES = {
+    "residual_codebooks": RESIDUAL_CENTROIDS
+}  # tensor names of folders saved before the rename
 PARQUET_DIR = "data"
 CODEBOOK_SPLIT = "codebook"
 FORMAT_VERSION = 1
