@@ -17,7 +17,7 @@ Efficiency (1 thread, synthetic identifiers in the paper layout 64/32/16/32/64):
   width and at 512-d, a CLIP ViT-B width), and where the two curves cross;
 - constraint overhead per decode step: the tiny model's beam search with and without the trie, and the
   logits-processor alone against transformers' `PrefixConstrainedLogitsProcessor` over a dict trie;
-- stage-0 build time (k-means + Semi-NMF + residual codebooks) on synthetic 512-d features;
+- stage-0 build time (k-means + Semi-NMF + residual product quantiser) on synthetic 512-d features;
 - open-set insert throughput (`SigmaImageIndex.add`, generation mode).
 
 Outputs: results/benchmarks.json, results/BENCHMARKS.md, results/quality.png, results/latency.png,
@@ -28,28 +28,27 @@ README.md and model_card.md are replaced with the new ones.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
 import statistics
-import sys
 import time
 from functools import partial
 from types import SimpleNamespace
 
+# The sibling bench_*.py modules import as top-level modules: `python benchmarks/run_suite.py` puts this folder
+# first on sys.path (and pytest's `pythonpath` setting does for the tests).
+import bench_index
+import bench_retrieval
+import bench_stage0
 import numpy as np
 import torch
 
+from modeling_sigma.modeling.identifier_layout import SigmaIdentifierLayout
+from modeling_sigma.training.backbone import build_sigma_model
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-
-import bench_index  # noqa: E402
-import bench_retrieval  # noqa: E402
-import bench_stage0  # noqa: E402
-
-from modeling_sigma.modeling.identifier_layout import SigmaIdentifierLayout  # noqa: E402
-from modeling_sigma.training.backbone import build_sigma_model  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "results")
 MARKERS = ("<!-- benchmarks:start -->", "<!-- benchmarks:end -->")
@@ -64,9 +63,7 @@ QUERIES = [
 # ------------------------------------------------------------------------------------------------ quality
 def run_quality(reuse: bool) -> dict:
     """Trains and evaluates every system of the quality table (recipes/run_embedded.py)."""
-    sys.path.insert(0, os.path.join(ROOT, "recipes"))
-    import run_embedded
-
+    run_embedded = _load_recipe("run_embedded")
     argv = ["--ablations", "--rerank", "--results", os.path.join(RESULTS, "embedded.json")]
     report = run_embedded.main(argv + (["--reuse"] if reuse else []))
     rows = run_embedded.table_rows(report["results"])
@@ -75,6 +72,15 @@ def run_quality(reuse: bool) -> dict:
         "rows": rows,
         "seconds": report["seconds"],
     }
+
+
+def _load_recipe(name: str):
+    """Import `recipes/{name}.py` by its path (recipes are scripts, not an installed package)."""
+    path = os.path.join(ROOT, "recipes", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # --------------------------------------------------------------------------------------------- efficiency

@@ -5,7 +5,7 @@
 
 The YAML holds one section per stage; this recipe reads `stage0:`. Flags override the YAML, and unknown
 keys or flags are an error. With `--features_dir` (written by `recipes/extract_features.py`, e.g. with
-jina-embeddings-v4 in its own environment) the encoder is not loaded. The output folder holds the codebook
+jina-embeddings-v4 in its own environment) the encoder is not loaded. The output folder (see `modeling_sigma/identifiers/storage.py`) holds the codebook
 dataset, the quantizer and `stage0_config.json` with the statistics printed at the end.
 """
 

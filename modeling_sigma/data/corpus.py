@@ -14,12 +14,12 @@ from __future__ import annotations
 import logging
 import os
 import random
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 
 import datasets
 from PIL import Image, ImageDraw
+
+from modeling_sigma.modeling.file_utils import atomic_folder, restore_interrupted_folder
 
 logger = logging.getLogger(__name__)
 
@@ -304,20 +304,11 @@ def _describe(value) -> str:
 
 
 def save_corpus(corpus: datasets.DatasetDict, path: str | os.PathLike) -> None:
-    """Saves atomically: writes beside `path`, then renames, so a crash never leaves half a corpus."""
+    """Save atomically (`file_utils.atomic_folder`): the corpus is written beside `path` and replaces it in
+    one step, and an existing corpus at `path` stays complete until the new one is in place."""
     validate_corpus(corpus)
-    path = os.fspath(path)
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".corpus-", dir=parent)
-    try:
-        corpus.save_to_disk(staging)
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.replace(staging, path)
-    finally:
-        if os.path.exists(staging):
-            shutil.rmtree(staging, ignore_errors=True)
+    with atomic_folder(path) as staging:
+        corpus.save_to_disk(str(staging))
 
 
 def load_corpus(
@@ -353,6 +344,7 @@ def _load_tiny_shapes(config: TinyShapesConfig, cache_dir) -> datasets.DatasetDi
         return generate_tiny_shapes(config)
     key = "-".join(f"{k}{v}" for k, v in asdict(config).items())
     path = os.path.join(os.fspath(cache_dir), f"tiny-shapes-{key}")
+    restore_interrupted_folder(path)
     if os.path.isdir(path):
         return datasets.load_from_disk(path)
     corpus = generate_tiny_shapes(config)

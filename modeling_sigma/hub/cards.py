@@ -2,7 +2,7 @@
 
 Each card is a `huggingface_hub.DatasetCard`: YAML front matter (`configs` / `data_files` naming the parquet
 shards of every split, `dataset_info` with features and split sizes, license, task categories, tags) and
-prose on the columns, how the data was made and how to load it. `modeling_sigma.hub.export` writes them.
+prose on the columns, how the data was made and how to load it. `modeling_sigma.hub.dataset_repos` writes them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ LEVELS = {
     "1": ("semantic anchor", "nearest MiniBatchKMeans centroid of the image feature"),
     "2": ("dominant component", "argmax of the coefficients of the anchor's Semi-NMF basis"),
     "3": ("fine-grained group", "argmax of a second-order Semi-NMF fitted on the residual of level 2"),
-    "4": ("residual code", "nearest code of the global k-means codebook of the residual r = v − c_id1"),
+    "4": ("residual code", "nearest residual centroid (k-means per subspace) of the residual r = v − c_id1"),
     "5": ("instance suffix", "0, 1, … among the images that share levels 1–4 (makes identifiers unique)"),
 }
 _SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),

@@ -5,13 +5,16 @@ An image feature v becomes ``[id1, id2, id3, id4 (× M), id5]``:
 - id1: nearest MiniBatchKMeans centroid c (K1 clusters).
 - id2: argmax of the non-negative coefficients of a per-cluster Semi-NMF basis (K2 components).
 - id3: argmax of the coefficients of a second-order Semi-NMF fitted on the residual of the first (K3).
-- id4: the residual r = v − c_id1 split evenly into M subspaces, nearest code of a global k-means
-  codebook (K4) in each.
+- id4: the residual r = v − c_id1 split evenly into M subspaces, nearest of the K4 residual centroids of
+  each subspace (a global k-means per subspace: residual product quantisation).
 - id5: instance suffix, 0 for the first image with a given (id1..id4) prefix, 1 for the next, ….
 
 A cluster with fewer images than K2 (or K3) gets ``min(K, n_cluster)`` components, so some id2/id3 values
 are unused there; an empty cluster gets none and its images take id2 = id3 = 0. Fewer images than K1 is an
 error (pick a smaller ``k1``) rather than a silent reduction, so the layout always matches the config.
+
+The identifiers of a corpus, with its image ids, form the stage-0 *codebook* (a dataset on the Hub,
+`storage.py`); the fitted tensors (centroids, bases, residual centroids) are the *quantizer*.
 
 Training codes are computed by the same functions as `assign`: after each Semi-NMF the coefficients are
 re-solved with the final basis held fixed (`solve_coefficients`), so `assign` on training features
@@ -32,19 +35,21 @@ import numpy as np
 from sklearn.cluster import MiniBatchKMeans
 from threadpoolctl import threadpool_limits
 
-from modeling_sigma.identifiers.semi_nmf import semi_nmf, solve_coefficients
-from modeling_sigma.identifiers.storage import load_builder_folder, save_builder_folder
+from modeling_sigma.identifiers.semi_nmf import nearest_centers, semi_nmf, solve_coefficients
+from modeling_sigma.identifiers.statistics import coherence, identifier_statistics
+from modeling_sigma.identifiers.storage import RESIDUAL_CENTROIDS, load_builder_folder, save_builder_folder
 from modeling_sigma.identifiers.storage import load_codebook as load_codebook
 from modeling_sigma.modeling.identifier_layout import SigmaIdentifierLayout
 
 logger = logging.getLogger(__name__)
 
-_CHUNK = 65536
+_RESIDUAL_CHUNK = 65536  # rows per residual product; bounds the (rows, d) float64 temporaries
 
 
 @dataclass
-class SigmaIdentifierBuilderConfig:
-    """Settings of `SigmaIdentifierBuilder` (defaults: the paper, appendix E).
+class SigmaIdentifierBuilderConfig(SigmaIdentifierLayout):
+    """Settings of `SigmaIdentifierBuilder` (defaults: the paper, appendix E): the identifier layout's sizes
+    (inherited from `SigmaIdentifierLayout`, which validates them) plus the fitting settings.
 
     Args:
         k1, k2, k3, k4, num_subspaces, suffix_size: the identifier layout (see `SigmaIdentifierLayout`).
@@ -61,12 +66,6 @@ class SigmaIdentifierBuilderConfig:
             depend on it.
     """
 
-    k1: int = 64
-    k2: int = 32
-    k3: int = 16
-    k4: int = 32
-    num_subspaces: int = 1
-    suffix_size: int = 64
     seed: int = 0
     semi_nmf_iterations: int = 30
     semi_nmf_tol: float = 1e-4
@@ -80,18 +79,8 @@ class SigmaIdentifierBuilderConfig:
     @property
     def layout(self) -> SigmaIdentifierLayout:
         """The identifier layout these settings produce."""
-        return SigmaIdentifierLayout(
-            k1=self.k1, k2=self.k2, k3=self.k3, k4=self.k4,
-            num_subspaces=self.num_subspaces, suffix_size=self.suffix_size,
-        )  # fmt: skip
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> SigmaIdentifierBuilderConfig:
-        """Build from `asdict` output; unknown keys are an error."""
-        unknown = sorted(set(values) - {field.name for field in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown SigmaIdentifierBuilderConfig keys: {unknown}")
-        return cls(**values)
+        sizes = {field.name: getattr(self, field.name) for field in fields(SigmaIdentifierLayout)}
+        return SigmaIdentifierLayout(**sizes)
 
 
 def _single_threaded_blas(method: Callable) -> Callable:
@@ -145,13 +134,15 @@ class SigmaIdentifierBuilder:
         self.quantizer = {"centroids": self._fit_kmeans(data, self.config.k1, self.config.seed)}
         level1 = self._nearest_centroid(data)
         level2, level3 = self._fit_semi_nmf_levels(data, level1)
-        self._fit_residual_codebooks(data, level1)
+        self._fit_residual_centroids(data, level1)
         prefixes = np.column_stack([level1, level2, level3, self._residual_codes(data, level1)])
-        self.codes = np.concatenate([prefixes, _first_suffixes(prefixes)[:, None]], axis=1)
+        self.codes = np.concatenate([prefixes, _suffix_ranks(prefixes)[:, None]], axis=1)
         self._check_suffix_capacity(self.codes)
         self.image_ids = ids
         self._next_suffix = None
-        self.coherence = _coherence(data, self.codes, attributes, self.config)
+        self.coherence = coherence(
+            data, self.codes, attributes, self.config.coherence_pairs, self.config.seed
+        )
         logger.info("stage 0 fitted %d identifiers: %s", len(ids), self.statistics())
         return self.codes.copy()
 
@@ -212,12 +203,13 @@ class SigmaIdentifierBuilder:
         self.quantizer[f"num_components{level}"][cluster] = n_components
         return result.basis
 
-    def _fit_residual_codebooks(self, data: np.ndarray, level1: np.ndarray) -> None:
+    def _fit_residual_centroids(self, data: np.ndarray, level1: np.ndarray) -> None:
+        """Residual product quantiser (id4): K4 k-means centroids in each of the M subspaces of v − c_id1."""
         residual = (data - self.quantizer["centroids"][level1]).astype(np.float32)  # (n, d)
         parts = np.split(residual, self.config.num_subspaces, axis=1)
-        codebooks = [self._fit_kmeans(part, self.config.k4, self.config.seed + 7919 * (m + 1))
-                     for m, part in enumerate(parts)]  # fmt: skip
-        self.quantizer["residual_codebooks"] = np.stack(codebooks)  # (M, K4, d / M)
+        subspace_centroids = [self._fit_kmeans(part, self.config.k4, self.config.seed + 7919 * (m + 1))
+                              for m, part in enumerate(parts)]  # fmt: skip
+        self.quantizer[RESIDUAL_CENTROIDS] = np.stack(subspace_centroids)  # (M, K4, d / M)
 
     # ----- encoding ----------------------------------------------------------------------------------
     @_single_threaded_blas
@@ -255,17 +247,17 @@ class SigmaIdentifierBuilder:
         return solve_coefficients(members, basis, max_iter=self.config.coefficient_iterations)
 
     def _nearest_centroid(self, data: np.ndarray) -> np.ndarray:
-        return _nearest(data, self.quantizer["centroids"])
+        return nearest_centers(data, self.quantizer["centroids"])
 
     def _residual_codes(self, data: np.ndarray, level1: np.ndarray) -> np.ndarray:
-        codebooks = self.quantizer["residual_codebooks"]
-        step = data.shape[1] // len(codebooks)
-        out = np.empty((len(data), len(codebooks)), dtype=np.int64)
-        for start in range(0, len(data), _CHUNK):
-            chunk = slice(start, start + _CHUNK)
+        residual_centroids = self.quantizer[RESIDUAL_CENTROIDS]  # (M, K4, d / M)
+        step = data.shape[1] // len(residual_centroids)
+        out = np.empty((len(data), len(residual_centroids)), dtype=np.int64)
+        for start in range(0, len(data), _RESIDUAL_CHUNK):
+            chunk = slice(start, start + _RESIDUAL_CHUNK)
             residual = data[chunk] - self.quantizer["centroids"][level1[chunk]]
-            for m, codebook in enumerate(codebooks):
-                out[chunk, m] = _nearest(residual[:, m * step : (m + 1) * step], codebook)
+            for m, subspace_centroids in enumerate(residual_centroids):
+                out[chunk, m] = nearest_centers(residual[:, m * step : (m + 1) * step], subspace_centroids)
         return out
 
     def assign(self, features: np.ndarray, image_ids: Sequence[str]) -> np.ndarray:
@@ -281,7 +273,7 @@ class SigmaIdentifierBuilder:
             raise ValueError(f"image ids already in the codebook: {sorted(known)[:5]}")
         prefixes = self.quantize(features)
         next_suffix = self._suffix_counters()
-        suffixes = _first_suffixes(prefixes)
+        suffixes = _suffix_ranks(prefixes)
         offsets = np.array([next_suffix.get(tuple(row), 0) for row in prefixes.tolist()], dtype=np.int64)
         codes = np.concatenate([prefixes, (suffixes + offsets)[:, None]], axis=1)
         self._check_suffix_capacity(codes)
@@ -319,17 +311,7 @@ class SigmaIdentifierBuilder:
 
     def statistics(self) -> dict[str, Any]:
         """Occupancy per position, suffix use, capacity and coherence of the current codebook."""
-        codes, stats = self.codes, {"num_images": len(self.codes)}
-        for index, (position, size) in enumerate(zip(self.layout.positions, self.layout.sizes)):
-            counts = np.bincount(codes[:, index], minlength=size) if len(codes) else np.zeros(size)
-            stats[f"occupancy_id{position}"] = float((counts > 0).sum() / size)
-            stats[f"max_images_per_value_id{position}"] = int(counts.max()) if len(codes) else 0
-        stats["share_suffix_gt0"] = float((codes[:, -1] > 0).mean()) if len(codes) else 0.0
-        stats["longest_suffix"] = int(codes[:, -1].max()) if len(codes) else 0
-        stats["distinct_prefixes"] = len(np.unique(codes[:, :-1], axis=0)) if len(codes) else 0
-        stats["capacity"] = self.layout.capacity
-        stats["prefix_capacity"] = self.layout.prefix_capacity
-        return {**stats, **self.coherence}
+        return {**identifier_statistics(self.codes, self.layout), **self.coherence}
 
     def save(self, folder: str) -> None:
         """Write `codebook/` (datasets), `quantizer.safetensors` and `stage0_config.json` atomically."""
@@ -356,80 +338,26 @@ class SigmaIdentifierBuilder:
 
     def push_to_hub(self, repo_id: str, private: bool = True, token: str | None = None) -> str:
         """Upload as a Hub dataset repo (parquet codebook split, quantizer, config, dataset card) through
-        `modeling_sigma.hub.export.push_codebook_to_hub`; returns the commit URL."""
+        `modeling_sigma.hub.push_codebook_to_hub`; returns the commit URL."""
         import tempfile
 
-        from modeling_sigma.hub.export import push_codebook_to_hub
+        from modeling_sigma.hub import push_codebook_to_hub
 
         with tempfile.TemporaryDirectory() as tmp:
             self.save(f"{tmp}/stage0")
             return push_codebook_to_hub(f"{tmp}/stage0", repo_id, private=private, token=token)
 
 
-def _nearest(data: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    """Index of the nearest row of `centers (k, d)` for every row of `data (n, d)`, chunked, float64."""
-    center_norms = np.einsum("ij,ij->i", centers, centers)  # (k,)
-    out = np.empty(len(data), dtype=np.int64)
-    for start in range(0, len(data), _CHUNK):
-        chunk = np.asarray(data[start : start + _CHUNK], dtype=np.float64)
-        out[start : start + len(chunk)] = np.argmin(center_norms - 2.0 * chunk @ centers.T, axis=1)
-    return out
+def _suffix_ranks(prefixes: np.ndarray) -> np.ndarray:
+    """Rank of every row among the rows with the same prefix, in input order (0, 1, …): the first free suffix
+    of each new image (the open-set index allocates suffixes with the same function)."""
+    import torch
 
+    from modeling_sigma.open_set.index import _rank_within_groups
 
-def _first_suffixes(prefixes: np.ndarray) -> np.ndarray:
-    """Rank of every row among the rows with the same prefix, in input order (0, 1, …)."""
     if len(prefixes) == 0:
         return np.zeros(0, dtype=np.int64)
-    _, groups = np.unique(prefixes, axis=0, return_inverse=True)
-    groups = groups.reshape(-1)
-    order = np.lexsort((np.arange(len(groups)), groups))  # stable: group, then input order
-    sorted_groups = groups[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_groups)) + 1]
-    first_of_group = np.repeat(starts, np.diff(np.r_[starts, len(order)]))
-    ranks = np.empty(len(order), dtype=np.int64)
-    ranks[order] = np.arange(len(order)) - first_of_group
-    return ranks
-
-
-def _coherence(
-    data: np.ndarray,
-    codes: np.ndarray,
-    attributes: Sequence[Any] | None,
-    config: SigmaIdentifierBuilderConfig,
-) -> dict[str, float]:
-    """Mean cosine (and shared-attribute rate) of pairs sharing id1 / id1..id3 vs random pairs."""
-    rng = np.random.default_rng(config.seed)
-    unit = data / np.maximum(np.linalg.norm(data, axis=1, keepdims=True), 1e-12)
-    attribute_sets = None if attributes is None else [set(values) for values in attributes]
-    out: dict[str, float] = {}
-    groupings = {"random": np.zeros(len(data), np.int64), "same_id1": codes[:, 0],
-                 "same_id1_id3": np.unique(codes[:, :3], axis=0, return_inverse=True)[1].reshape(-1)}  # fmt: skip
-    for name, groups in groupings.items():
-        left, right = _sample_pairs(groups, config.coherence_pairs, rng)
-        if len(left) == 0:
-            continue
-        out[f"cosine_{name}"] = float(np.einsum("ij,ij->i", unit[left], unit[right]).mean())
-        if attribute_sets is not None:
-            shared = [bool(attribute_sets[i] & attribute_sets[j]) for i, j in zip(left, right)]
-            out[f"shared_attribute_rate_{name}"] = float(np.mean(shared))
-    return out
-
-
-def _sample_pairs(
-    groups: np.ndarray, n_pairs: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """`n_pairs` random pairs (i ≠ j) of rows with the same group value."""
-    order = np.argsort(groups, kind="stable")
-    sorted_groups = groups[order]
-    starts = np.searchsorted(sorted_groups, sorted_groups, side="left")
-    sizes = np.searchsorted(sorted_groups, sorted_groups, side="right") - starts
-    eligible = np.flatnonzero(sizes > 1)
-    if len(eligible) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    picks = rng.choice(eligible, n_pairs)
-    partner = rng.integers(0, sizes[picks] - 1)  # skip the pick itself
-    partner = starts[picks] + partner + (starts[picks] + partner >= picks)
-    return order[picks], order[partner]
+    return _rank_within_groups(torch.from_numpy(np.ascontiguousarray(prefixes, dtype=np.int64))).numpy()
 
 
 def _validate_features(features: np.ndarray, dim: int | None = None) -> np.ndarray:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from modeling_sigma.data.corpus import caption_pairs, load_image
+from modeling_sigma.modeling.file_utils import atomic_file
 
 logger = logging.getLogger(__name__)
 
@@ -163,18 +163,6 @@ def _cache_path(cache_dir, encoder: SigmaEncoder, corpus_name: str, split: str, 
     )
 
 
-def _atomic_save(path: str, array: np.ndarray) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    handle, staging = tempfile.mkstemp(suffix=".npy", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.save(stream, array)
-        os.replace(staging, path)
-    except BaseException:
-        os.unlink(staging)
-        raise
-
-
 def encode_split(
     encoder: SigmaEncoder,
     dataset,
@@ -202,7 +190,8 @@ def encode_split(
     else:
         features = encoder.encode_texts(caption_pairs(dataset)[0], progress=progress)
     if path is not None:
-        _atomic_save(path, features)
+        with atomic_file(path) as stream:
+            np.save(stream, features)
     return features
 
 

@@ -170,12 +170,12 @@ def _kmeans_indicator_init(
         sample = data[np.sort(rng.choice(data.shape[0], max_samples, replace=False))]
     centers = _kmeans_plus_plus(sample, n_components, rng)
     for _ in range(iterations):
-        labels = _nearest_rows(sample, centers)
+        labels = nearest_centers(sample, centers)
         counts = np.bincount(labels, minlength=n_components)
         sums = _one_hot(labels, n_components).T @ sample  # (k, d)
         # an emptied centre keeps its position, so it stays a valid (if unused) component
         centers = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centers)
-    return _one_hot(_nearest_rows(data, centers), n_components)
+    return _one_hot(nearest_centers(data, centers), n_components)
 
 
 def _one_hot(labels: np.ndarray, n_components: int) -> np.ndarray:
@@ -197,8 +197,15 @@ def _kmeans_plus_plus(sample: np.ndarray, n_components: int, rng: np.random.Gene
     return sample[chosen].copy()
 
 
-def _nearest_rows(data: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    return np.argmin(np.einsum("ij,ij->i", centers, centers) - 2.0 * data @ centers.T, axis=1)
+def nearest_centers(data: np.ndarray, centers: np.ndarray, chunk_size: int = 65536) -> np.ndarray:
+    """Index of the nearest row of `centers (k, d)` for every row of `data (n, d)` (float64, in chunks of rows):
+    k-means assignment, used for the Semi-NMF initialisation, id1 and the residual centroids of id4."""
+    center_norms = np.einsum("ij,ij->i", centers, centers)  # (k,)
+    out = np.empty(len(data), dtype=np.int64)
+    for start in range(0, len(data), chunk_size):
+        chunk = np.asarray(data[start : start + chunk_size], dtype=np.float64)  # (chunk, d)
+        out[start : start + len(chunk)] = np.argmin(center_norms - 2.0 * chunk @ centers.T, axis=1)
+    return out
 
 
 def _as_float64_matrix(features: np.ndarray) -> np.ndarray:
@@ -210,4 +217,4 @@ def _as_float64_matrix(features: np.ndarray) -> np.ndarray:
     return data
 
 
-__all__ = ["SemiNMFResult", "reconstruction_error", "semi_nmf", "solve_coefficients"]
+__all__ = ["SemiNMFResult", "nearest_centers", "reconstruction_error", "semi_nmf", "solve_coefficients"]

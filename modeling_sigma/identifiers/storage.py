@@ -2,15 +2,16 @@
 
     folder/
       codebook/                 datasets.Dataset.save_to_disk: image_id (str), identifier (str), codes (list[int])
-      quantizer.safetensors     centroids, per-cluster Semi-NMF bases, residual codebooks (float64)
+      quantizer.safetensors     centroids, per-cluster Semi-NMF bases, residual_centroids (float64)
       stage0_config.json        layout, builder config, statistics
 
 The Hub layout (`modeling_sigma.hub.export_codebook_repo`) holds the same codebook as parquet shards,
 `data/codebook-00000-of-00001.parquet`, beside the same two files and a README dataset card, so that
 `datasets.load_dataset(repo)` reads it too. Readers accept either layout.
 
-Writes go to a temporary folder beside the target, which then replaces the target by rename, so a
-reader never sees a half-written folder.
+Writes go through `modeling_sigma.modeling.file_utils.atomic_folder`: a folder staged beside the target
+replaces it by rename once complete, and the previous folder is kept until then, so a reader sees either the
+old or the new folder, never half of one.
 """
 
 from __future__ import annotations
@@ -18,20 +19,22 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from modeling_sigma.modeling.file_utils import replace_folder
+from modeling_sigma.modeling.file_utils import atomic_folder, restore_interrupted_folder
 
 logger = logging.getLogger(__name__)
 
 CODEBOOK_DIR = "codebook"
 QUANTIZER_FILE = "quantizer.safetensors"
 CONFIG_FILE = "stage0_config.json"
+RESIDUAL_CENTROIDS = "residual_centroids"  # (M, K4, d / M): the residual product quantiser of id4
+LEGACY_TENSOR_NAMES = {
+    "residual_codebooks": RESIDUAL_CENTROIDS
+}  # tensor names of folders saved before the rename
 PARQUET_DIR = "data"
 CODEBOOK_SPLIT = "codebook"
 FORMAT_VERSION = 1
@@ -51,28 +54,22 @@ def save_builder_folder(
     from datasets import Dataset, Features, Sequence, Value
     from safetensors.numpy import save_file
 
-    target = Path(folder).resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with atomic_folder(folder) as staging:
         features = Features({"image_id": Value("string"), "identifier": Value("string"),
                              "codes": Sequence(Value("int32"))})  # fmt: skip
         columns = {"image_id": image_ids, "identifier": identifiers, "codes": codes.tolist()}
-        Dataset.from_dict(columns, features=features).save_to_disk(str(tmp / CODEBOOK_DIR))
+        Dataset.from_dict(columns, features=features).save_to_disk(str(staging / CODEBOOK_DIR))
         tensors = {name: np.ascontiguousarray(value) for name, value in quantizer.items()}
-        save_file(tensors, str(tmp / QUANTIZER_FILE), metadata={"format_version": str(FORMAT_VERSION)})
+        save_file(tensors, str(staging / QUANTIZER_FILE), metadata={"format_version": str(FORMAT_VERSION)})
         payload = {"format_version": FORMAT_VERSION, **metadata}
-        (tmp / CONFIG_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-        replace_folder(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    logger.info("saved stage-0 folder %s (%d identifiers)", target, len(image_ids))
+        (staging / CONFIG_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    logger.info("saved stage-0 folder %s (%d identifiers)", folder, len(image_ids))
 
 
 def resolve_folder(path_or_repo: str | os.PathLike, revision: str | None = None) -> Path:
     """A local folder as is; anything else is a Hub dataset repo id fetched with `snapshot_download`."""
     path = Path(path_or_repo)
+    restore_interrupted_folder(path)
     if path.exists():
         return path
     if str(path_or_repo).startswith((".", "/")) or str(path_or_repo).count("/") != 1:
@@ -125,7 +122,11 @@ def load_builder_folder(
     metadata = json.loads((folder / CONFIG_FILE).read_text())
     if metadata.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{folder}: unsupported stage-0 format_version {metadata.get('format_version')}")
-    return load_file(str(folder / QUANTIZER_FILE)), metadata, load_codebook(folder)
+    quantizer = {
+        LEGACY_TENSOR_NAMES.get(name, name): value
+        for name, value in load_file(str(folder / QUANTIZER_FILE)).items()
+    }
+    return quantizer, metadata, load_codebook(folder)
 
 
 def load_codebook(path_or_repo: str | os.PathLike, revision: str | None = None) -> Any:

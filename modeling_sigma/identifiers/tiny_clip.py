@@ -10,14 +10,13 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 from modeling_sigma.data.corpus import EMBEDDED_CORPUS_NAME, TinyShapesConfig, load_corpus, load_image
+from modeling_sigma.modeling.file_utils import atomic_folder, restore_interrupted_folder
 
 logger = logging.getLogger(__name__)
 
@@ -140,20 +139,11 @@ def train_tiny_clip(
 
 
 def _save_atomically(model, tokenizer, image_processor, config: TinyClipConfig, output_dir: str) -> None:
-    parent = os.path.dirname(os.path.abspath(output_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".tiny-clip-", dir=parent)
-    try:
+    with atomic_folder(output_dir) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         image_processor.save_pretrained(staging)
-        with open(os.path.join(staging, "tiny_clip_training.json"), "w") as stream:
-            json.dump(asdict(config), stream, indent=2)
-        if os.path.exists(output_dir):
-            shutil.rmtree(output_dir)
-        os.replace(staging, output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        (staging / "tiny_clip_training.json").write_text(json.dumps(asdict(config), indent=2))
 
 
 def get_tiny_clip(
@@ -166,6 +156,7 @@ def get_tiny_clip(
     corpus_config, config = corpus_config or TinyShapesConfig(), config or TinyClipConfig()
     key = hashlib.sha1(json.dumps([asdict(corpus_config), asdict(config)]).encode()).hexdigest()[:12]
     path = os.path.join(os.fspath(cache_dir), f"tiny-clip-{key}")
+    restore_interrupted_folder(path)
     if not os.path.isfile(os.path.join(path, "config.json")):
         corpus = load_corpus(EMBEDDED_CORPUS_NAME, cache_dir=cache_dir, tiny_shapes=corpus_config)
         logger.info("Training the embedded tiny CLIP into %s", path)

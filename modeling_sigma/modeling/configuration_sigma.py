@@ -91,6 +91,17 @@ class SigmaConfig(PreTrainedConfig):
         return first, first + self.layout.num_tokens
 
 
+def register_sigma_config() -> None:
+    """Register `SigmaConfig` under `model_type="sigma"` with `AutoConfig` (idempotent).
+
+    Anything that reads a SIGMA `config.json` through `AutoConfig` (the tokenizer and processor loaders, the
+    Space) then uses this class instead of asking on stdin whether to run the checkpoint's copy of the code.
+    """
+    from transformers import AutoConfig
+
+    AutoConfig.register(SigmaConfig.model_type, SigmaConfig, exist_ok=True)
+
+
 SigmaConfig.register_for_auto_class("AutoConfig")
 
-__all__ = ["SigmaConfig"]
+__all__ = ["SigmaConfig", "register_sigma_config"]

@@ -27,7 +27,7 @@ class SigmaIdentifierLayout:
         k1 (`int`): number of semantic anchors (k-means clusters), position `1`.
         k2 (`int`): dominant-component codes (first Semi-NMF), position `2`.
         k3 (`int`): fine-grained group codes (second-order Semi-NMF), position `3`.
-        k4 (`int`): residual codebook size of each of the `num_subspaces` subspaces, positions `4` / `4.m`.
+        k4 (`int`): residual centroids per product-quantisation subspace (positions `4` / `4.m`).
         num_subspaces (`int`): M, number of product-quantisation subspaces of the residual.
         suffix_size (`int`): number of instance-suffix values, position `5`.
     """
@@ -40,10 +40,12 @@ class SigmaIdentifierLayout:
     suffix_size: int = 64
 
     def __post_init__(self) -> None:
-        for field in fields(self):
+        for field in fields(
+            SigmaIdentifierLayout
+        ):  # a subclass (the stage-0 builder config) adds other fields
             value = getattr(self, field.name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"SigmaIdentifierLayout.{field.name} must be a positive int, got {value!r}")
+                raise ValueError(f"{type(self).__name__}.{field.name} must be a positive int, got {value!r}")
 
     @property
     def positions(self) -> list[str]:
@@ -141,10 +143,9 @@ class SigmaIdentifierLayout:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SigmaIdentifierLayout:
         """Build a layout from `to_dict()` output; unknown keys are an error."""
-        known = {field.name for field in fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - {field.name for field in fields(cls)})
         if unknown:
-            raise ValueError(f"unknown SigmaIdentifierLayout keys: {unknown}")
+            raise ValueError(f"unknown {cls.__name__} keys: {unknown}")
         return cls(**values)
 
 

@@ -2,15 +2,11 @@
 report renders into JSON, Markdown and the three plots. The measurements themselves are benchmarks, not tests."""
 
 import json
-import os
-import sys
 
+import run_suite  # benchmarks/ is on pytest's pythonpath (pyproject.toml)
 from sigma_testing_utils import REPO_ROOT
 
 ROOT = str(REPO_ROOT)
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-
-import run_suite  # noqa: E402
 
 SIZES = [1_000, 10_000, 100_000, 1_000_000]
 

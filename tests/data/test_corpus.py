@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 from datasets import Dataset, DatasetDict, load_from_disk
@@ -89,6 +91,31 @@ def test_save_load_roundtrip_and_no_half_written_corpus(tiny_corpus, tmp_path):
         save_corpus(broken, tmp_path / "corpus")
     assert load_from_disk(str(tmp_path / "corpus"))["test"]["captions"] == tiny_corpus["test"]["captions"]
     assert [p.name for p in tmp_path.iterdir()] == ["corpus"]
+
+
+def test_failure_while_writing_keeps_the_previous_corpus(tiny_corpus, tmp_path, monkeypatch):
+    save_corpus(tiny_corpus, tmp_path / "corpus")
+
+    def write_half_then_fail(self, folder, *args, **kwargs):
+        (Path(folder) / "test").mkdir(parents=True)
+        (Path(folder) / "test" / "data-00000-of-00001.arrow").write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(DatasetDict, "save_to_disk", write_half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        save_corpus(tiny_corpus, tmp_path / "corpus")
+    monkeypatch.undo()
+    assert load_corpus(str(tmp_path / "corpus"))["test"]["captions"] == tiny_corpus["test"]["captions"]
+    assert [p.name for p in tmp_path.iterdir()] == ["corpus"]
+
+
+def test_cache_interrupted_between_renames_is_restored(tmp_path, tiny_corpus_config):
+    first = load_corpus("tiny-shapes", cache_dir=tmp_path, tiny_shapes=tiny_corpus_config)
+    (cached,) = tmp_path.iterdir()
+    cached.rename(tmp_path / f".{cached.name}.old-crash")  # a replace killed after moving the old copy aside
+    again = load_corpus("tiny-shapes", cache_dir=tmp_path, tiny_shapes=tiny_corpus_config)
+    assert again["train"]["image_id"] == first["train"]["image_id"]
+    assert [p.name for p in tmp_path.iterdir()] == [cached.name]
 
 
 def test_cached_embedded_corpus_is_reused(tmp_path, tiny_corpus_config):

@@ -14,9 +14,10 @@ import pytest
 from huggingface_hub import DatasetCard, HfApi, ModelCard
 from sigma_testing_utils import build_tiny_model
 
+from modeling_sigma import hub
 from modeling_sigma.cli import main
 from modeling_sigma.data.corpus import SPLITS, save_corpus
-from modeling_sigma.hub import export as hub
+from modeling_sigma.hub import dataset_repos
 from modeling_sigma.identifiers.builder import SigmaIdentifierBuilder, SigmaIdentifierBuilderConfig
 from modeling_sigma.identifiers.storage import load_builder_folder
 
@@ -176,7 +177,9 @@ def test_model_repo_loads_with_remote_code(checkpoint, tmp_path):
     plots = {f"results/{name}.png" for name in ("quality", "latency", "efficiency")}  # the card's images
     assert set(files) == set(source) | {"README.md"} | plots
     assert all(files[name] == content for name, content in source.items())
-    assert all(files[name] == (hub.DEFAULT_MODEL_CARD.parent / name).read_bytes() for name in plots)
+    assert all(
+        files[name] == (hub.model_repo.DEFAULT_MODEL_CARD.parent / name).read_bytes() for name in plots
+    )
     card = ModelCard.load(folder / "README.md")
     assert card.data.base_model == "Qwen/Qwen2.5-VL-3B-Instruct" and "custom_code" in card.data.tags
     assert 'AutoModel.from_pretrained("me/sigma-tiny", trust_remote_code=True)' in card.text
@@ -207,6 +210,24 @@ def test_model_card_override(checkpoint, tmp_path):
     }
 
 
+def test_model_repo_carries_an_index_folder(checkpoint, tmp_path, caplog):
+    source = tmp_path / "model"
+    shutil.copytree(checkpoint, source)
+    for name in ("sigma_index.pt", "sigma_index.json"):
+        (source / name).unlink(missing_ok=True)
+    (source / "sigma_index").mkdir()
+    (source / "sigma_index" / "index.safetensors").write_bytes(b"codes")
+    (source / "sigma_index" / "index.json").write_text("{}")
+    with caplog.at_level("WARNING", logger="modeling_sigma.hub.model_repo"):
+        files = listing(hub.export_model_repo(source, tmp_path / "repo"))
+    assert files["sigma_index/index.safetensors"] == b"codes" and "sigma_index/index.json" in files
+    assert "holds no identifier index" not in caplog.text
+    shutil.rmtree(source / "sigma_index")
+    with caplog.at_level("WARNING", logger="modeling_sigma.hub.model_repo"):
+        hub.export_model_repo(source, tmp_path / "repo", overwrite=True)
+    assert "holds no identifier index" in caplog.text
+
+
 def test_card_images_travel_with_the_card(checkpoint, tmp_path, caplog):
     (tmp_path / "card" / "plots").mkdir(parents=True)
     (tmp_path / "card" / "plots" / "a.png").write_bytes(b"\x89PNG a")
@@ -215,7 +236,7 @@ def test_card_images_travel_with_the_card(checkpoint, tmp_path, caplog):
         '---\nlicense: mit\n---\n# Tiny\n![a](plots/a.png) ![a again](plots/a.png "title")\n'
         "![gone](plots/missing.png) ![web](https://example.com/b.png) ![up](../secret.png)\n"
     )
-    with caplog.at_level("WARNING", logger="modeling_sigma.hub.export"):
+    with caplog.at_level("WARNING", logger="modeling_sigma.hub.model_repo"):
         folder = hub.export_model_repo(checkpoint, tmp_path / "repo", card=tmp_path / "card" / "README.md")
     files = listing(folder)
     assert files["plots/a.png"] == b"\x89PNG a"
@@ -274,7 +295,7 @@ def test_push_goes_through_hf_api(kind, recorder, checkpoint, stage0_dir, tiny_c
     assert (
         upload["revision"] == "dev" and upload["commit_message"] == "Add it" and upload["token"] == "hf_test"
     )
-    assert upload["delete_patterns"] == hub.STALE_FILES[repo_type]  # shards of an earlier push go
+    assert upload["delete_patterns"] == hub.upload.STALE_FILES[repo_type]  # shards of an earlier push go
     assert set(upload["files"]) == files and b"me/sigma-repo" in upload["files"]["README.md"]
     assert not os.path.exists(upload["folder_path"])  # the staging folder is gone
 
@@ -317,7 +338,7 @@ def test_failure_while_writing_leaves_the_target_untouched(stage0_dir, tmp_path,
     target = tmp_path / "out"
     hub.export_codebook_repo(stage0_dir, target)
     before = snapshot(target)
-    monkeypatch.setattr(hub, "codebook_card", lambda *args, **kwargs: 1 / 0)
+    monkeypatch.setattr(dataset_repos, "codebook_card", lambda *args, **kwargs: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         hub.export_codebook_repo(stage0_dir, target, overwrite=True)
     assert snapshot(target) == before
@@ -424,3 +445,12 @@ def test_dataset_cards_pass_hub_validation(stage0_dir, tiny_corpus, tmp_path):
     hub.export_corpus_repo(tiny_corpus, tmp_path / "corpus", repo_id="me/corpus")
     for name in ("codebook", "corpus"):
         DatasetCard.load(tmp_path / name / "README.md").validate()  # posts to the Hub's validate-yaml
+
+
+def test_push_to_hub_names_the_kinds(stage0_dir, tmp_path):
+    with pytest.raises(ValueError, match="unknown repo kind 'space'"):
+        hub.push_to_hub("space", stage0_dir, local_dir=tmp_path / "out")
+    assert hub.push_codebook_to_hub.__name__ == "push_codebook_to_hub"
+    direct = hub.push_to_hub("codebook", stage0_dir, local_dir=tmp_path / "a")
+    named = hub.push_codebook_to_hub(stage0_dir, local_dir=tmp_path / "b")
+    assert listing(direct) == listing(named)

@@ -121,6 +121,61 @@ def test_save_load_in_new_process(fitted, tmp_path):
     assert config["layout"]["num_subspaces"] == 2 and config["statistics"]["num_images"] == 300
 
 
+def test_failure_while_saving_keeps_the_previous_folder(fitted, tmp_path, monkeypatch):
+    import safetensors.numpy
+
+    builder, features, codes = fitted
+    folder = tmp_path / "stage0"
+    builder.save(str(folder))
+    before = sorted(path.relative_to(folder) for path in folder.rglob("*"))
+    monkeypatch.setattr(safetensors.numpy, "save_file", lambda *args, **kwargs: 1 / 0)  # after the codebook
+    with pytest.raises(ZeroDivisionError):
+        builder.save(str(folder))
+    monkeypatch.undo()
+    assert sorted(path.relative_to(folder) for path in folder.rglob("*")) == before
+    assert os.listdir(tmp_path) == ["stage0"]
+    np.testing.assert_array_equal(SigmaIdentifierBuilder.load(str(folder)).codes, codes)
+
+
+def test_save_interrupted_between_renames_is_restored_on_load(fitted, tmp_path):
+    builder, _, codes = fitted
+    builder.save(str(tmp_path / "stage0"))
+    (tmp_path / "stage0").rename(tmp_path / ".stage0.old-crash")  # killed after moving the old copy aside
+    np.testing.assert_array_equal(SigmaIdentifierBuilder.load(str(tmp_path / "stage0")).codes, codes)
+    assert os.listdir(tmp_path) == ["stage0"]
+
+
+def test_folder_with_the_old_residual_tensor_name_loads(fitted, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    builder, features, _ = fitted
+    folder = tmp_path / "stage0"
+    builder.save(str(folder))
+    tensors = load_file(str(folder / "quantizer.safetensors"))
+    assert set(tensors) >= {"centroids", "residual_centroids"} and "residual_codebooks" not in tensors
+    tensors["residual_codebooks"] = tensors.pop("residual_centroids")  # as written before the rename
+    save_file(tensors, str(folder / "quantizer.safetensors"), metadata={"format_version": "1"})
+    old = SigmaIdentifierBuilder.load(str(folder))
+    np.testing.assert_array_equal(old.quantize(features), builder.quantize(features))
+
+
+def test_suffix_ranks_count_earlier_equal_prefixes():
+    from modeling_sigma.identifiers.builder import _suffix_ranks
+
+    prefixes = np.array([[1, 2], [0, 0], [1, 2], [1, 3], [0, 0], [1, 2]])
+    np.testing.assert_array_equal(_suffix_ranks(prefixes), [0, 0, 1, 0, 1, 2])
+    assert _suffix_ranks(np.zeros((0, 2), dtype=np.int64)).shape == (0,)
+
+
+def test_config_layout_fields_are_validated_and_unknown_keys_rejected():
+    with pytest.raises(ValueError, match="SigmaIdentifierBuilderConfig.k2 must be a positive int"):
+        SigmaIdentifierBuilderConfig(k2=0)
+    with pytest.raises(ValueError, match="unknown SigmaIdentifierBuilderConfig keys"):
+        SigmaIdentifierBuilderConfig.from_dict({"k1": 4, "k_one": 2})
+    config = SigmaIdentifierBuilderConfig(k1=4, seed=0)  # seed 0 is fine: only layout sizes must be positive
+    assert config.layout.k1 == 4 and type(config.layout).__name__ == "SigmaIdentifierLayout"
+
+
 def test_missing_file_is_a_clear_error(fitted, tmp_path):
     folder = tmp_path / "stage0"
     fitted[0].save(str(folder))
@@ -159,11 +214,8 @@ def test_small_clusters_use_fewer_components():
 
 
 def test_recipe_arguments_yaml_section_and_overrides(tmp_path):
-    sys.path.insert(0, os.path.join(REPO_ROOT, "recipes"))
-    try:
-        from stage0 import parse_args
-    finally:
-        sys.path.pop(0)
+    from stage0 import parse_args  # recipes/ is on pytest's pythonpath (pyproject.toml)
+
     config = os.path.join(REPO_ROOT, "recipes", "configs", "tiny-shapes.yaml")
     script_args, builder_config = parse_args(["--config", config, "--k1", "12", "--fit_splits", "train"])
     assert builder_config.k1 == 12 and builder_config.k2 == 32 and script_args.fit_splits == ["train"]
