@@ -13,7 +13,7 @@ and `HfApi.upload_folder`. `push_*_to_hub` does both, through a temporary folder
 
 Repo layouts:
 
-    model:    the save_pretrained files (weights, config, remote code, processor, sigma_index.*) + README.md
+    model:    the save_pretrained files (weights, config, remote code, processor, sigma_index/) + README.md
     codebook: data/codebook-00000-of-00001.parquet (image_id, identifier, codes), quantizer.safetensors,
               stage0_config.json, README.md
     corpus:   data/<split>-00000-of-0000N.parquet (image with embedded bytes, image_id, captions), README.md
@@ -59,7 +59,7 @@ MAX_SHARD_BYTES = 500 * 1024 * 1024
 # Remote files a new push replaces, so that a shard or weight file left by an earlier push is never read with
 # the new ones (a split is every `data/<split>-*` file; transformers prefers model.safetensors to shards).
 STALE_FILES = {
-    "model": ["*.safetensors", "*.safetensors.index.json", "*.bin", "sigma_index.*"],
+    "model": ["*.safetensors", "*.safetensors.index.json", "*.bin", "sigma_index.*", "sigma_index/*"],
     "dataset": ["data/*"],
 }
 
@@ -89,7 +89,8 @@ def export_model_repo(
     images = _card_images(readme.text, card_dir)
     with _staged(folder, overwrite, sources=[model_dir]) as staging:
         for path in files:
-            shutil.copy2(path, staging / path.name)
+            (staging / path.relative_to(model_dir)).parent.mkdir(exist_ok=True)
+            shutil.copy2(path, staging / path.relative_to(model_dir))
         for name, path in images:
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, staging / name)
@@ -124,7 +125,9 @@ def _model_files(source: Path) -> list[Path]:
             f"{source} is not a complete SIGMA checkpoint: missing {sorted(set(missing))}"
         )
     files = [path for path in sorted(source.iterdir()) if path.is_file() and _publishable(path.name)]
-    if not any(path.name == "sigma_index.pt" for path in files):
+    index_folder = source / "sigma_index"  # the checkpoint's SigmaIndex folder (safetensors + JSON)
+    files += sorted(path for path in index_folder.glob("*") if path.is_file() and _publishable(path.name))
+    if not index_folder.is_dir() and not (source / "sigma_index.pt").is_file():
         logger.warning(
             "%s holds no identifier index: the pushed model needs set_index before retrieve", source
         )
