@@ -192,3 +192,20 @@ def test_retrieve_searches_the_index_it_is_given(tiny):
     hits = model.retrieve(QUERIES, k=10, index=gallery)
     assert all({hit["image_id"] for hit in query_hits} == set(image_ids[:4]) for query_hits in hits)
     assert len(model.index) == len(image_ids)  # the model's own index is untouched
+
+
+def test_index_loads_from_a_hub_repo_through_the_cache(tiny, tmp_path, monkeypatch):
+    """`from_pretrained("org/name")` fetches `sigma_index/` with `cached_file` (here: an offline Hub cache)."""
+    import shutil
+
+    model, _, image_ids = tiny
+    model.save_pretrained(tmp_path / "checkpoint")
+    commit = "0" * 40
+    repo = tmp_path / "hub" / "models--me--sigma-tiny"
+    shutil.copytree(tmp_path / "checkpoint", repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded = SigmaForRetrieval.from_pretrained("me/sigma-tiny", cache_dir=str(tmp_path / "hub")).eval()
+    assert loaded.index is not None and loaded.index.image_ids == tuple(image_ids)
+    assert loaded.retrieve(QUERIES, k=2) == model.retrieve(QUERIES, k=2)
