@@ -153,3 +153,44 @@ def test_concurrent_cli_writers_lose_no_acknowledged_add(setup, tmp_path):
 @pytest.mark.slow
 def test_many_concurrent_cli_writers_lose_no_acknowledged_add(setup, tmp_path):
     check_nothing_lost(setup, tmp_path, processes=8, calls=10, per_call=3)  # 240 acknowledged adds
+
+
+KILLED_WRITER = """
+import json, sys, time
+from modeling_sigma.cli import main
+from modeling_sigma.modeling import index as index_module
+model, index, ready, image = sys.argv[1:]
+
+def hang(path, payload):
+    open(path, "w").write(json.dumps(payload)[:20])  # half a file while holding the lock, then stall
+    open(ready, "w").close()
+    time.sleep(120)
+
+index_module._write_json = hang
+main(["index", "add", image, "--ids", "never-acknowledged", "--model", model, "--index", index])
+"""
+
+
+def test_writer_killed_while_holding_the_lock_blocks_nobody(setup, tmp_path):
+    from modeling_sigma.open_set.storage import index_lock
+
+    root, images = setup
+    index, ready = tmp_path / "index", tmp_path / "ready"
+    assert _cli_add(root, index, images[:1], ["kept"]) == 0
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, str(root / "model"), str(index), str(ready), images[1]],
+        stdin=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while not ready.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), "the writer never reached the middle of its save"
+    finally:
+        process.kill()
+        process.wait()
+    with index_lock(index, timeout=10):  # the OS released the dead writer's lock
+        pass
+    assert _cli_add(root, index, images[2:3], ["after-kill"]) == 0
+    final = read_index_folder(index)
+    assert {"kept", "after-kill"} <= set(final.image_ids) and "never-acknowledged" not in final
