@@ -1,9 +1,9 @@
-"""Throughput of open-set indexing: images per second of `SigmaImageIndex.add` (generate mode) on CPU.
+"""Throughput of open-set indexing: images per second of `open_set.index.add_images` (generate mode) on CPU.
 
     python benchmarks/bench_index.py --num-images 256 --rounds 3 --threads 1
 
 Builds the embedded tiny SIGMA model with the default identifier layout (64/32/16/32/64), renders `num_images`
-TinyShapes images, and times `index.add(...)` in batches (then removes them and repeats): image loading, processing, constrained generation of
+TinyShapes images, and times `add_images(model.index, ...)` in batches (then removes them and repeats): image loading, processing, constrained generation of
 levels 1..L-1, fresh suffixes and the update of the model's trie. Target: >= 100 images/s. The untrained
 model writes few distinct prefixes, so far more than 256 images in one round run out of suffixes (64).
 One thread is fastest on a loaded 2-core machine (two threads were 5x slower there).
@@ -16,7 +16,8 @@ import torch
 
 from modeling_sigma.data.corpus import TinyShapesConfig, generate_tiny_shapes
 from modeling_sigma.modeling.identifier_layout import SigmaIdentifierLayout
-from modeling_sigma.open_set.index import SigmaImageIndex
+from modeling_sigma.modeling.index import SigmaIndex
+from modeling_sigma.open_set.index import add_images, remove_images
 from modeling_sigma.training.backbone import build_sigma_model
 
 
@@ -30,17 +31,17 @@ def measure_insert_throughput(
     model.eval()
     corpus = generate_tiny_shapes(TinyShapesConfig(num_train=1, num_test=num_images, num_unseen=1))
     images, image_ids = corpus["test"]["image"], corpus["test"]["image_id"]
-    index = SigmaImageIndex.from_model(model)
-    index.add(images[:8], [f"warmup-{i}" for i in range(8)], model=model, batch_size=batch_size)
+    index = model.index = SigmaIndex.from_model(model)
+    add_images(index, model, images[:8], [f"warmup-{i}" for i in range(8)], batch_size=batch_size)
     elapsed = cpu = 0.0
     for _ in range(rounds):
         start, cpu_start = time.perf_counter(), time.process_time()
         for first in range(0, len(images), add_size):
             chunk = slice(first, first + add_size)
-            index.add(images[chunk], image_ids[chunk], model=model, batch_size=batch_size)
+            add_images(index, model, images[chunk], image_ids[chunk], batch_size=batch_size)
         elapsed, cpu = elapsed + time.perf_counter() - start, cpu + time.process_time() - cpu_start
         distinct = len(set(map(tuple, index.codes[:, :-1].tolist())))
-        index.remove(image_ids, model=model)
+        remove_images(index, image_ids, model=model)
     total = rounds * len(images)
     return {
         "images": total,
@@ -57,7 +58,7 @@ def main():
     parser.add_argument("--num-images", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3, help="add all images, remove them, repeat")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--add-size", type=int, default=128, help="images per index.add call")
+    parser.add_argument("--add-size", type=int, default=128, help="images per add_images call")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     figures = measure_insert_throughput(

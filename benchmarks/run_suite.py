@@ -18,7 +18,7 @@ Efficiency (1 thread, synthetic identifiers in the paper layout 64/32/16/32/64):
 - constraint overhead per decode step: the tiny model's beam search with and without the trie, and the
   logits-processor alone against transformers' `PrefixConstrainedLogitsProcessor` over a dict trie;
 - stage-0 build time (k-means + Semi-NMF + residual product quantiser) on synthetic 512-d features;
-- open-set insert throughput (`SigmaImageIndex.add`, generation mode).
+- open-set insert throughput (`open_set.index.add_images`, generation mode).
 
 Outputs: results/benchmarks.json, results/BENCHMARKS.md, results/quality.png, results/latency.png,
 results/efficiency.png; the tables between the `<!-- benchmarks:start -->` / `<!-- benchmarks:end -->` markers of

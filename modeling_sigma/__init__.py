@@ -14,6 +14,7 @@ _LAZY_EXPORTS = {
     "SigmaPreTrainedModel": "modeling.modeling_sigma",
     "SigmaRetrievalOutput": "modeling.modeling_sigma",
     "SigmaProcessor": "modeling.processing_sigma",
+    "SigmaIndex": "modeling.index",
     "SigmaIdentifierTrie": "modeling.trie",
     "SigmaTrieLogitsProcessor": "modeling.trie",
     "SigmaIdentifierLayout": "modeling.identifier_layout",

@@ -110,10 +110,12 @@ def _add_model_and_index(parser: argparse.ArgumentParser, index_required: bool) 
 
 # ------------------------------------------------------------------------------------------ commands
 def run_search(args: argparse.Namespace) -> None:
+    from modeling_sigma.open_set.index import search
+
     model = _load_model(args.model)
-    index = _open_index(args.index, model, must_exist=True)
-    results = index.search(
-        model, args.queries, k=args.k, rerank=args.rerank, rerank_weight=args.rerank_weight,
+    index = _open_index(args.index, model)
+    results = search(
+        index, model, args.queries, k=args.k, rerank=args.rerank, rerank_weight=args.rerank_weight,
         num_beams=args.num_beams,
     )  # fmt: skip
     if args.json:
@@ -131,18 +133,21 @@ def run_search(args: argparse.Namespace) -> None:
 
 
 def run_index_add(args: argparse.Namespace) -> None:
+    from modeling_sigma.open_set.index import check_new_images, commit_images, image_prefixes
+    from modeling_sigma.open_set.storage import update_index_folder
+
     paths = _expand_images(args.images)
     ids = args.ids if args.ids is not None else [Path(path).stem for path in paths]
     model = _load_model(args.model)
-    index = _open_index(args.index, model, must_exist=False)
     quantizer = encoder = None
     if args.mode == "quantizer":
         quantizer, encoder = _load_quantizer(args.quantizer, args.encoder)
-    codes = index.add(
-        paths, ids, mode=args.mode, model=model, quantizer=quantizer, encoder=encoder,
-        batch_size=args.batch_size,
-    )  # fmt: skip
-    index.save(args.index)
+    # the model call runs before the lock (it does not depend on the index); suffixes are allocated under it
+    check_new_images(_open_index(args.index, model, must_exist=False), model, paths, ids, mode=args.mode)
+    prefixes = image_prefixes(model, paths, args.mode, quantizer, encoder, args.batch_size)
+    with update_index_folder(args.index, model, new_index=lambda: _model_index(model)) as index:
+        _, records = check_new_images(index, model, paths, ids, mode=args.mode)  # against the fresh read
+        codes = commit_images(index, prefixes, ids, records)
     for image_id, row in zip(ids, codes.tolist()):
         print(f"{image_id}\t{index.layout.codes_to_string(row)}")
     print(f"added {len(ids)} images; {args.index} holds {len(index)}")
@@ -150,19 +155,21 @@ def run_index_add(args: argparse.Namespace) -> None:
 
 def run_index_remove(args: argparse.Namespace) -> None:
     from modeling_sigma.modeling.configuration_sigma import SigmaConfig
-    from modeling_sigma.open_set.index import SigmaImageIndex
+    from modeling_sigma.open_set.index import remove_images
+    from modeling_sigma.open_set.storage import update_index_folder
 
     config = SigmaConfig.from_pretrained(args.model)  # the fingerprint needs the config, not the weights
-    index = SigmaImageIndex.load(args.index, model=config)
-    index.remove(args.ids)
-    index.save(args.index)
+    if not Path(args.index).exists():
+        raise FileNotFoundError(f"--index {args.index!r} does not exist")
+    with update_index_folder(args.index, config) as index:
+        remove_images(index, args.ids)
     print(f"removed {len(set(args.ids))} images; {args.index} holds {len(index)}")
 
 
 def run_index_info(args: argparse.Namespace) -> None:
-    from modeling_sigma.open_set.index import SigmaImageIndex
+    from modeling_sigma.open_set.storage import read_index_folder
 
-    index = SigmaImageIndex.load(args.index)
+    index = read_index_folder(args.index)
     print(json.dumps({"images": len(index), **index.fingerprint}, indent=2))
 
 
@@ -174,10 +181,11 @@ def run_eval(args: argparse.Namespace) -> None:
     from modeling_sigma.data.corpus import get_split, load_corpus
 
     model = _load_model(args.model)
-    if args.index is not None:
-        _open_index(args.index, model, must_exist=True).attach(model)
+    index = _open_index(args.index, model)
     dataset = get_split(load_corpus(args.corpus), args.split)
-    metrics = evaluate_retrieval(model, dataset, ks=tuple(sorted(set(args.k))), max_queries=args.max_queries)
+    metrics = evaluate_retrieval(
+        model, dataset, ks=tuple(sorted(set(args.k))), max_queries=args.max_queries, index=index
+    )
     print(json.dumps(metrics, indent=2))
 
 
@@ -218,15 +226,22 @@ def _load_model(path: str):
     return SigmaForRetrieval.from_pretrained(path).eval()
 
 
-def _open_index(folder: str | None, model, must_exist: bool):
-    """The index folder (checked against `model`), or an index holding the model's own codebook."""
-    from modeling_sigma.open_set.index import SigmaImageIndex
+def _open_index(folder: str | None, model, must_exist: bool = True):
+    """The index folder (checked against `model`), else a copy of the model's own index."""
+    from modeling_sigma.open_set.storage import read_index_folder
 
     if folder is not None and Path(folder).exists():
-        return SigmaImageIndex.load(folder, model=model)
+        return read_index_folder(folder, model=model)
     if folder is not None and must_exist:
         raise FileNotFoundError(f"--index {folder!r} does not exist")
-    return SigmaImageIndex.from_model(model)
+    return _model_index(model)
+
+
+def _model_index(model):
+    """A copy of the model's own index (an empty one for a model without)."""
+    from modeling_sigma.modeling.index import SigmaIndex
+
+    return model.index.copy() if model.index is not None else SigmaIndex.from_model(model)
 
 
 def _expand_images(inputs: list[str]) -> list[str]:
@@ -256,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         args.handler(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, TimeoutError) as error:
         print(f"sigma: error: {error}", file=sys.stderr)
         return 2
     return 0

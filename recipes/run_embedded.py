@@ -121,7 +121,7 @@ def run_open_set(
     """
     from modeling_sigma.evaluation.retrieval import evaluate_retrieval
     from modeling_sigma.identifiers.builder import SigmaIdentifierBuilder
-    from modeling_sigma.open_set.index import SigmaImageIndex
+    from modeling_sigma.open_set.index import add_images
     from modeling_sigma.training.arguments import load_previous_stage
 
     model, _ = load_previous_stage(os.path.join(root, "stage3"), "stage3")
@@ -136,9 +136,7 @@ def run_open_set(
             "encoder": load_encoder("tiny-clip", cache_dir=cache_dir),
         }
     lap = time.time()
-    SigmaImageIndex.from_model(model).add(
-        unseen["image"], unseen["image_id"], mode=mode, model=model, **extra
-    )
+    add_images(model.index, model, unseen["image"], unseen["image_id"], mode=mode, **extra)
     added = time.time() - lap
     evaluate = partial(evaluate_retrieval, model, max_queries=64 if smoke else None)
     metrics = {**evaluate(unseen), "queries_on": "unseen", "gallery": "unseen"}

@@ -16,7 +16,7 @@ from trl import SFTConfig, TrlParser
 from modeling_sigma.data.corpus import get_split
 from modeling_sigma.training.arguments import (
     SigmaStageArguments,
-    load_identifiers,
+    checkpoint_identifiers,
     load_previous_stage,
     load_stage_corpus,
     lora_config,
@@ -34,9 +34,12 @@ def make_parser() -> TrlParser:
 
 
 def main(script_args: SigmaStageArguments, training_args: SFTConfig) -> dict:
+    # ----- model -----
+    model, processor = load_previous_stage(script_args.model_name_or_path, "stage1")
+
     # ----- data -----
     corpus = load_stage_corpus(script_args)
-    _, _, _, identifiers = load_identifiers(script_args.stage0_dir)
+    identifiers = checkpoint_identifiers(model)  # the ones stage 1 memorised
     train = get_split(corpus, "train")
     require_columns(train, ["image", "image_id", "captions"], "the train split")
     replay_splits = [get_split(corpus, split) for split in script_args.train_splits]
@@ -45,9 +48,6 @@ def main(script_args: SigmaStageArguments, training_args: SFTConfig) -> dict:
         train, identifiers, replay, script_args.replay_fraction, seed=training_args.seed
     )
     print(f"stage 2: {len(examples)} examples ({len(examples) - 5 * len(train)} replayed from stage 1)")
-
-    # ----- model -----
-    model, processor = load_previous_stage(script_args.model_name_or_path, "stage1")
 
     # ----- train and save -----
     metrics = train_and_save(model, processor, training_args, examples, lora_config(script_args))

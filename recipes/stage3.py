@@ -18,7 +18,7 @@ from trl import SFTConfig, TrlParser
 from modeling_sigma.data.corpus import get_split
 from modeling_sigma.training.arguments import (
     SigmaStageArguments,
-    load_identifiers,
+    checkpoint_identifiers,
     load_previous_stage,
     load_stage_corpus,
     lora_config,
@@ -54,9 +54,14 @@ def soft_labelled_train_split(script_args: SigmaStageArguments, corpus):
 
 
 def main(script_args: SigmaStageArguments, training_args: SFTConfig) -> dict:
+    # ----- model -----
+    model, processor = load_previous_stage(script_args.model_name_or_path, "stage2")
+    if script_args.lambda_ssp is not None:
+        model.config.lambda_ssp = script_args.lambda_ssp
+
     # ----- data -----
     corpus = load_stage_corpus(script_args)
-    _, _, _, identifiers = load_identifiers(script_args.stage0_dir)
+    identifiers = checkpoint_identifiers(model)  # the ones stages 1-2 were trained with
     train = soft_labelled_train_split(script_args, corpus)
     soft_column = None if hard_labels_only(script_args.teacher) else SOFT_LABEL_COLUMN
     examples = alignment_examples(train, identifiers, soft_column)
@@ -67,11 +72,6 @@ def main(script_args: SigmaStageArguments, training_args: SFTConfig) -> dict:
     print(
         f"stage 3: {len(examples)} examples (caption → identifier, plus replayed stage-1), soft labels from {script_args.teacher}"
     )
-
-    # ----- model -----
-    model, processor = load_previous_stage(script_args.model_name_or_path, "stage2")
-    if script_args.lambda_ssp is not None:
-        model.config.lambda_ssp = script_args.lambda_ssp
 
     # ----- train and save -----
     metrics = train_and_save(model, processor, training_args, examples, lora_config(script_args))

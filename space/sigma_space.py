@@ -201,24 +201,21 @@ class SigmaSpace:
     def _load(self) -> None:
         from transformers import AutoModel
 
-        from modeling_sigma.open_set.index import SigmaImageIndex
-
         register_local_classes()
         model = AutoModel.from_pretrained(self.model_path, trust_remote_code=True).eval()
-        if model.processor is None or model.trie is None:
+        if model.processor is None or model.index is None:
             raise RuntimeError(f"{self.model_path} has no processor or no identifier index")
         describer = model
         optional = self.describe_optional and not is_complete_checkpoint(Path(self.describe_path or "."))
         if self.describe_path and not optional:
             describer = AutoModel.from_pretrained(self.describe_path, trust_remote_code=True).eval()
-            SigmaImageIndex.from_model(model).check_compatible(
-                describer
-            )  # it must write the same identifiers
+            model.index.check_compatible(describer)  # it must write the same identifiers
+            describer.index = model.index  # one index: the describer knows the images added here too
         self.describer = describer
         source = self.corpus_source
         from_name = source is None or isinstance(source, str)
         images = SigmaCorpusImages.load(source) if from_name else SigmaCorpusImages(source)
-        self.model, self.index, self.images = model, SigmaImageIndex.from_model(model), images
+        self.model, self.index, self.images = model, model.index, images
 
     def wait_until_ready(self, timeout: float | None = None) -> bool:
         return self.ready.wait(timeout) and self.state == "ready"
@@ -283,16 +280,18 @@ class SigmaSpace:
             raise SigmaSpaceError(f"k must be a whole number, got {k!r}.") from error
         if not 1 <= k <= MAX_K:
             raise SigmaSpaceError(f"k must be between 1 and {MAX_K}, got {k}.")
+        from modeling_sigma.open_set.index import search
+
         with self.lock:
             query, notice = self.fit_query(query.strip())
-            hits = self.index.search(self.model, [query], k=min(k, len(self.index)))[0]
+            hits = search(self.index, self.model, [query], k=min(k, len(self.index)))[0]
         return hits, notice
 
     def image(self, image_id: str, metadata: dict | None = None) -> Image.Image:
         """The image of an indexed id: an upload, the corpus, the metadata path, else a placeholder."""
         image = self.uploads.get(image_id)
         if metadata is None and image_id in self.index:
-            metadata = self.index.metadata[self.index.image_ids.index(image_id)]
+            metadata = self.index.metadata(image_id)
         metadata = metadata or {}
         try:
             if image is None:
@@ -328,7 +327,7 @@ class SigmaSpace:
         if value in self.index:
             return self.index.identifier(value), value
         try:
-            return value, self.model.identifier_to_image_id(value)
+            return value, self.index.image_id_of(value)
         except KeyError as error:
             raise SigmaSpaceError(f"{value} is well formed but no indexed image has it.") from error
         except ValueError as error:
@@ -341,7 +340,6 @@ class SigmaSpace:
         self._require_ready()
         with self.lock:
             identifier, image_id = self.resolve_identifier(value)
-            self.index.attach(self.describer)  # it knows the images added here too
             caption = self.describer.describe([identifier])[0]
         return caption, identifier, image_id
 
@@ -351,18 +349,16 @@ class SigmaSpace:
         self._require_ready()
         if not path:
             raise SigmaSpaceError("Upload an image first.")
+        from modeling_sigma.open_set.index import add_images
+
         image, notice = open_upload(path)
         with self.lock:
             image_id = str(image_id).strip() if image_id else self._fresh_upload_id()
             if image_id in self.index:
                 raise SigmaSpaceError(f"The image id {image_id!r} is already in the index; choose another.")
             try:
-                codes = self.index.add(
-                    [image],
-                    [image_id],
-                    metadata=[{"source": "space upload"}],
-                    mode="generate",
-                    model=self.model,
+                codes = add_images(
+                    self.index, self.model, [image], [image_id], metadata=[{"source": "space upload"}]
                 )
             except ValueError as error:
                 raise SigmaSpaceError(f"The image could not be indexed: {error}") from error

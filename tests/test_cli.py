@@ -112,14 +112,14 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(checkpoint, capsys, tmp_
 
 def test_eval_on_an_index_folder(checkpoint, capsys, tiny_corpus, tmp_path):
     from modeling_sigma.data.corpus import save_corpus
+    from modeling_sigma.modeling.index import SigmaIndex
     from modeling_sigma.modeling.modeling_sigma import SigmaForRetrieval
-    from modeling_sigma.open_set.index import SigmaImageIndex
 
     model = SigmaForRetrieval.from_pretrained(checkpoint / "model")
-    index = SigmaImageIndex.from_model(model)
     test_ids = tiny_corpus["test"]["image_id"][:4]
-    index._commit(torch.tensor([[0, 0, 0, 0, i] for i in range(4)]), test_ids, [{} for _ in test_ids])
-    index.save(tmp_path / "index")
+    SigmaIndex.from_model(model, torch.tensor([[0, 0, 0, 0, i] for i in range(4)]), test_ids).save(
+        tmp_path / "index"
+    )
     argv = [
         "eval",
         "--model",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 
 import torch
 
@@ -13,12 +14,15 @@ from modeling_sigma.evaluation.metrics import DEFAULT_KS, recall_at_k
 logger = logging.getLogger(__name__)
 
 
-def index_split(model, dataset, gallery_ids=None) -> None:
-    """Restricts the model's index to the images of `dataset` (as the two-tower baseline searches them), or to
-    `gallery_ids` when given: a larger gallery that holds the split's images among others.
+def index_split(model, dataset, gallery_ids=None, index=None):
+    """A `SigmaIndex` of the images of `dataset` (as the two-tower baseline searches them), or of `gallery_ids`
+    when given: a larger gallery that holds the split's images among others.
 
-    Every image must already have an identifier in the model's codebook (stage 0 or open-set `add`).
+    Every image must already have an identifier in `index` (default `model.index`: stage 0 or open-set adds).
     """
+    index = index if index is not None else model.index
+    if index is None:
+        raise ValueError("the model has no identifier index: call `model.set_index(codes, image_ids)` first")
     split_ids = list(dataset["image_id"])
     gallery = split_ids if gallery_ids is None else list(dict.fromkeys(gallery_ids))
     outside = sorted(set(split_ids) - set(gallery))
@@ -27,15 +31,13 @@ def index_split(model, dataset, gallery_ids=None) -> None:
             f"{len(outside)} image(s) of this split are not in the gallery (e.g. {outside[0]!r}); "
             "a gallery must hold every image whose captions are queried."
         )
-    known = dict(zip(model.image_ids, range(len(model.image_ids))))
-    missing = [image_id for image_id in gallery if image_id not in known]
+    missing = [image_id for image_id in gallery if image_id not in index]
     if missing:
         raise ValueError(
             f"{len(missing)} image(s) to search have no identifier in the model's codebook "
             f"(e.g. {missing[0]!r}); index them first."
         )
-    rows = torch.tensor([known[image_id] for image_id in gallery])
-    model.set_index(model.codebook_codes[rows], gallery)
+    return index.subset(gallery)
 
 
 def retrieve_split(
@@ -47,32 +49,27 @@ def retrieve_split(
     max_queries=None,
     rerank_weight: float | None = None,
     gallery_ids=None,
+    index=None,
 ) -> tuple[list[list[str]], list[str]]:
-    """Searches only the split's images (or `gallery_ids`, see `index_split`) with each of its captions (the
-    first `max_queries`).
+    """Searches only the split's images (or `gallery_ids`, see `index_split`) of `index` (default
+    `model.index`) with each of its captions (the first `max_queries`).
 
-    With `rerank_weight`, the beams are rescored by the similarity head as `SigmaImageIndex.search(rerank=True)`
-    does. Returns (retrieved image ids per caption, best first; each caption's own image id). The model's full
-    index is restored afterwards.
+    With `rerank_weight`, the beams are rescored by the similarity head as `open_set.index.search(rerank=True)`
+    does. Returns (retrieved image ids per caption, best first; each caption's own image id).
     """
     from modeling_sigma.open_set.index import rerank_candidates, rerank_hits
 
     queries, owners = caption_pairs(dataset)
     if max_queries:
         queries, owners = queries[:max_queries], owners[:max_queries]
-    full_codes, full_ids = model.codebook_codes, list(model.image_ids)
-    try:
-        index_split(model, dataset, gallery_ids)
-        gallery_size = len(model.image_ids)
-        if rerank_weight is None:
-            hits = model.retrieve(queries, k=k, batch_size=batch_size, num_beams=num_beams)
-        else:
-            candidates = rerank_candidates(model, k, num_beams, gallery_size)
-            beams = max(num_beams or model.config.num_beams, candidates)
-            hits = model.retrieve(queries, k=candidates, batch_size=batch_size, num_beams=beams)
-            hits = rerank_hits(hits, k, rerank_weight)
-    finally:
-        model.set_index(full_codes, full_ids)
+    gallery = index_split(model, dataset, gallery_ids, index)
+    search = partial(model.retrieve, queries, batch_size=batch_size, index=gallery)
+    if rerank_weight is None:
+        hits = search(k=k, num_beams=num_beams)
+    else:
+        candidates = rerank_candidates(model, k, num_beams, len(gallery))
+        hits = search(k=candidates, num_beams=max(num_beams or model.config.num_beams, candidates))
+        hits = rerank_hits(hits, k, rerank_weight)
     image_ids = dataset["image_id"]
     rankings = [[hit["image_id"] for hit in query_hits] for query_hits in hits]
     return rankings, [image_ids[o] for o in owners]
@@ -87,15 +84,17 @@ def evaluate_retrieval(
     max_queries=None,
     rerank_weight: float | None = None,
     gallery_ids=None,
+    index=None,
 ) -> dict:
     """Text→image Recall@K over the split's captions, searching only the split's images, or the larger
-    gallery `gallery_ids` (re-ranked by the similarity head when `rerank_weight` is given).
+    gallery `gallery_ids`, of `index` (default `model.index`; re-ranked by the similarity head when
+    `rerank_weight` is given).
 
     Returns the `recall@{k}` figures plus `queries`, `images` (the gallery size) and `seconds`.
     """
     start = time.time()
     rankings, relevant = retrieve_split(
-        model, dataset, max(ks), batch_size, num_beams, max_queries, rerank_weight, gallery_ids
+        model, dataset, max(ks), batch_size, num_beams, max_queries, rerank_weight, gallery_ids, index
     )
     metrics = recall_at_k(rankings, relevant, ks)
     images = len(dataset) if gallery_ids is None else len(set(gallery_ids))
@@ -109,15 +108,15 @@ def memorization_exact_match(model, dataset, max_images: int | None = None, batc
     constrained to the identifiers in the index), and share whose first level (id1) is right."""
     from modeling_sigma.open_set.index import generate_prefixes
 
-    known = dict(zip(model.image_ids, range(len(model.image_ids))))
+    index = model.index
     images, rows = [], []
     for image_id, image in zip(dataset["image_id"][:max_images], dataset["image"][:max_images]):
-        if image_id in known:
+        if index is not None and image_id in index:
             images.append(image)
-            rows.append(known[image_id])
+            rows.append(index.row(image_id))
     if not rows:
         raise ValueError("none of these images has an identifier in the model's index")
-    expected = model.codebook_codes[torch.tensor(rows)]  # (images, length)
+    expected = index.codes[torch.tensor(rows)]  # (images, length)
     predicted = generate_prefixes(model, images, batch_size=batch_size)  # (images, length - 1)
     prefix_match = (predicted == expected[:, : predicted.shape[1]]).all(dim=1)
     return {

@@ -2,7 +2,6 @@
 """SIGMA retrieval model: a Qwen2.5-VL backbone that writes image identifiers under a trie constraint, and the
 similarity head of the retrieval-alignment stage (paper section 3.2.3, eqs. 8-12)."""
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -15,12 +14,16 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLForCond
 from transformers.utils import ModelOutput, cached_file
 
 from .configuration_sigma import SigmaConfig
-from .trie import SigmaIdentifierTrie, SigmaTrieLogitsProcessor
+from .file_utils import restore_interrupted_folder
+from .index import INDEX_FOLDER_NAME, SigmaIndex
+from .index import METADATA_FILE as INDEX_METADATA_FILE
+from .index import TENSORS_FILE as INDEX_TENSORS_FILE
+from .trie import SigmaTrieLogitsProcessor
 
 logger = logging.getLogger(__name__)
 
-INDEX_TENSORS_NAME = "sigma_index.pt"
-INDEX_METADATA_NAME = "sigma_index.json"
+# the pickle index of checkpoints saved before `SigmaIndex` (read with `weights_only=True`, never written)
+LEGACY_INDEX_FILES = ("sigma_index.pt", "sigma_index.json")
 
 # transformers 5.24 renamed the key/value cache from `past_key_values` to `cache`, in forward arguments and in
 # output fields (ModelOutput still accepts the old keyword only for classes that have the new field). Follow
@@ -109,11 +112,7 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
         hidden_size = config.backbone_config.text_config.hidden_size
         self.similarity_head = SigmaSimilarityHead(hidden_size, config.similarity_hidden_size)
         self.processor = None
-        self.trie: SigmaIdentifierTrie | None = None
-        self.codebook_codes: torch.Tensor | None = None
-        self.image_ids: list[str] = []
-        self._codebook_keys: torch.Tensor | None = None
-        self._codebook_order: torch.Tensor | None = None
+        self.index: SigmaIndex | None = None  # the searchable identifiers (`set_index`, `from_pretrained`)
         self.post_init()
         if backbone is not None:
             self.match_head_dtype()
@@ -231,60 +230,33 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
 
     # ------------------------------------------------------------------ index
     def set_index(self, codes: torch.Tensor, image_ids: list[str] | None = None) -> None:
-        """Install the codebook: identifier codes `(num_images, length)` and the aligned image ids."""
-        layout = self.config.layout
-        codes = torch.as_tensor(codes, dtype=torch.long)
-        image_ids = [str(image_id) for image_id in image_ids] if image_ids is not None else None
-        image_ids = image_ids if image_ids is not None else [str(i) for i in range(codes.shape[0])]
-        if codes.dim() != 2 or codes.shape[0] != len(image_ids):
-            raise ValueError(
-                f"codes {tuple(codes.shape)} must be (len(image_ids)={len(image_ids)}, {layout.length})"
-            )
-        if len(set(image_ids)) != len(image_ids):
-            raise ValueError("image_ids must be unique")
-        trie = SigmaIdentifierTrie.from_codes(codes, layout.sizes)
-        if len(trie) != codes.shape[0]:
-            raise ValueError("two images share one identifier; identifiers must be unique (check the suffix)")
-        keys = trie._prefix_keys(codes)[-1]
-        self._codebook_keys, self._codebook_order = torch.sort(keys)
-        self.trie, self.codebook_codes, self.image_ids = trie, codes, image_ids
+        """Install a new `SigmaIndex` of identifier codes `(num_images, length)` and the aligned image ids."""
+        self.index = SigmaIndex.from_model(self.config, codes, image_ids)
 
-    def _require_index(self) -> SigmaIdentifierTrie:
-        if self.trie is None or len(self.trie) == 0:
+    def _require_index(self, index: SigmaIndex | None = None) -> SigmaIndex:
+        index = index if index is not None else self.index
+        if index is None or len(index) == 0:
             raise ValueError("no identifier index installed: call `model.set_index(codes, image_ids)` first")
-        return self.trie
-
-    def lookup_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """Row index into `image_ids` for each identifier row, `-1` where the identifier is not indexed."""
-        trie = self._require_index()
-        codes = torch.as_tensor(codes, dtype=torch.long)
-        found = trie.contains(codes)
-        safe = torch.where(found[:, None], codes, torch.zeros_like(codes))
-        keys = trie._prefix_keys(safe)[-1]
-        position = torch.searchsorted(self._codebook_keys, keys).clamp(max=len(self._codebook_keys) - 1)
-        return torch.where(found, self._codebook_order[position], torch.full_like(position, -1))
+        return index
 
     def identifier_to_image_id(self, identifier: str) -> str:
-        """Image id of an identifier string such as `<id1_3><id2_0>…`; `KeyError` if it is not indexed."""
-        codes = self.config.layout.string_to_codes(identifier)  # ValueError when malformed
-        row = int(self.lookup_codes(torch.tensor([codes]))[0])
-        if row < 0:
-            raise KeyError(f"identifier {identifier!r} is not in the codebook ({len(self.image_ids)} images)")
-        return self.image_ids[row]
-
-    def _index_state(self) -> tuple[dict, dict]:
-        tensors = {f"trie.{name}": tensor for name, tensor in self.trie.state_dict().items()}
-        tensors["codebook.codes"] = self.codebook_codes.contiguous()
-        return tensors, {"image_ids": self.image_ids, "identifier_layout": self.config.identifier_layout}
+        """Image id of an identifier string such as `<id1_3><id2_0>…` in `model.index`; `KeyError` if it is
+        not indexed, `ValueError` if it is malformed."""
+        return self._require_index().image_id_of(identifier)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Save weights and config, the index (`sigma_index.pt` + `.json`) and the attached processor."""
+        """Save weights and config, the index (`sigma_index/`, safetensors + JSON) and the attached processor."""
         super().save_pretrained(save_directory, *args, **kwargs)
-        if self.trie is not None:
-            tensors, metadata = self._index_state()
-            torch.save(tensors, os.path.join(save_directory, INDEX_TENSORS_NAME))
-            with open(os.path.join(save_directory, INDEX_METADATA_NAME), "w") as handle:
-                json.dump(metadata, handle)
+        for (
+            name
+        ) in LEGACY_INDEX_FILES:  # an older release's index here: replaced, a checkpoint holds no pickle
+            legacy = os.path.join(save_directory, name)
+            if os.path.isfile(legacy):
+                os.remove(legacy)
+        if self.index is not None:
+            index = self.index.copy()
+            index.adopt(self)  # the saved index belongs to this checkpoint's config
+            index.save(os.path.join(save_directory, INDEX_FOLDER_NAME))
         if self.processor is not None:
             self.processor.save_pretrained(save_directory)
 
@@ -302,17 +274,38 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
         return model
 
     def _load_index(self, path: str, options: dict) -> None:
-        found = {
-            name: cached_file(path, name, _raise_exceptions_for_missing_entries=False, **options)
-            for name in (INDEX_TENSORS_NAME, INDEX_METADATA_NAME)
-        }
-        if None in found.values():
+        folder = os.path.join(path, INDEX_FOLDER_NAME)
+        if os.path.isdir(path):
+            restore_interrupted_folder(folder)
+        else:  # a Hub repo: fetch both files of the index folder into the cache
+            found = [
+                cached_file(
+                    path,
+                    name,
+                    subfolder=INDEX_FOLDER_NAME,
+                    _raise_exceptions_for_missing_entries=False,
+                    **options,
+                )
+                for name in (INDEX_TENSORS_FILE, INDEX_METADATA_FILE)
+            ]
+            folder = os.path.dirname(found[0]) if None not in found else folder
+        if os.path.isfile(os.path.join(folder, INDEX_METADATA_FILE)):
+            self.index = SigmaIndex.load(folder, restore_interrupted=False)
+            self.index.adopt(self)
+            return
+        legacy = [
+            cached_file(path, name, _raise_exceptions_for_missing_entries=False, **options)
+            for name in LEGACY_INDEX_FILES
+        ]
+        if None in legacy:
             logger.info("no identifier index in %s; call set_index before retrieve", path)
             return
-        tensors = torch.load(found[INDEX_TENSORS_NAME], weights_only=True)
-        with open(found[INDEX_METADATA_NAME]) as handle:
-            metadata = json.load(handle)
-        self.set_index(tensors["codebook.codes"], metadata["image_ids"])
+        self.index = SigmaIndex.from_legacy_checkpoint(*legacy, self.config)
+        logger.warning(
+            "%s holds its index in the old pickle format (%s); it loaded, but re-save the checkpoint with "
+            "`SigmaForRetrieval.from_pretrained(path).save_pretrained(path)` to convert it to %s/ (safetensors)",
+            path, " + ".join(LEGACY_INDEX_FILES), INDEX_FOLDER_NAME,
+        )  # fmt: skip
 
     def _load_processor(self, path: str, options: dict) -> None:
         from transformers import AutoConfig
@@ -337,9 +330,11 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
         prefix_allowed_tokens_fn=None,
         use_trie: bool = True,
         logits_processor: LogitsProcessorList | None = None,
+        index: SigmaIndex | None = None,
         **kwargs,
     ):
-        """Backbone `generate` constrained to indexed identifiers (`SigmaTrieLogitsProcessor`) by default.
+        """Backbone `generate` constrained to the identifiers of `index` (default `model.index`) by a
+        `SigmaTrieLogitsProcessor`.
 
         Pass `prefix_allowed_tokens_fn` to use transformers' `PrefixConstrainedLogitsProcessor` instead, or
         `use_trie=False` for free generation (e.g. stage-2 descriptions). Inputs must be left-padded.
@@ -356,7 +351,7 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
             kwargs.setdefault("max_new_tokens", self.config.layout.length + 1)
             processors.append(
                 SigmaTrieLogitsProcessor(
-                    self._require_index(),
+                    self._require_index(index).trie,
                     self.config.identifier_token_offsets,
                     prompt_length=input_ids.shape[1],
                     eos_token_id=kwargs["eos_token_id"],
@@ -395,8 +390,8 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
             raise ValueError("identifiers must be a non-empty list of strings")
         for identifier in identifiers:
             self.config.layout.string_to_codes(identifier)  # ValueError when malformed
-            if self.trie is not None:
-                self.identifier_to_image_id(identifier)  # KeyError when not indexed
+            if self.index is not None:
+                self.index.image_id_of(identifier)  # KeyError when not indexed
         # the stage-2 training prompt (training.SigmaCollator): a user turn, then the assistant header
         texts = [
             processor.apply_chat_template(
@@ -428,6 +423,7 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
         num_beams: int | None = None,
         batch_size: int = 32,
         processor=None,
+        index: SigmaIndex | None = None,
     ) -> list[list[dict]]:
         """Top-`k` distinct indexed images per text query, best beam first.
 
@@ -438,6 +434,8 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
             num_beams (`int`, *optional*): beam width, at least `k`; defaults to `max(config.num_beams, k)`.
             batch_size (`int`, *optional*, defaults to 32): queries per `generate` call.
             processor (`SigmaProcessor`, *optional*): defaults to the processor loaded with the model.
+            index (`SigmaIndex`, *optional*): the images to search (e.g. a gallery or an open-set index);
+                defaults to `model.index`.
 
         Returns:
             One list per query of `{"image_id", "identifier", "score", "similarity"}` dicts: `score` is the beam
@@ -450,7 +448,8 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
             )
         if isinstance(queries, str) or not isinstance(queries, (list, tuple)) or not queries:
             raise ValueError("queries must be a non-empty list of strings")
-        size = len(self._require_index())
+        index = self._require_index(index)
+        size = len(index)
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
         if k > size:
@@ -462,11 +461,13 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
         results = []
         for start in range(0, len(queries), batch_size):
             results.extend(
-                self._retrieve_batch(list(queries[start : start + batch_size]), k, num_beams, processor)
+                self._retrieve_batch(
+                    list(queries[start : start + batch_size]), k, num_beams, processor, index
+                )
             )
         return results
 
-    def _retrieve_batch(self, queries, k, num_beams, processor) -> list[list[dict]]:
+    def _retrieve_batch(self, queries, k, num_beams, processor, index) -> list[list[dict]]:
         inputs = processor.process_queries(queries, prompt=self.config.retrieval_prompt)
         lengths = inputs["attention_mask"].sum(dim=-1)  # (batch,)
         if (lengths > self.config.max_query_length).any():
@@ -484,15 +485,19 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
             num_return_sequences=num_beams,
             output_scores=True,
             return_dict_in_generate=True,
+            index=index,
         )
         length, prompt_length = self.config.layout.length, input_ids.shape[1]
         sequences = output.sequences.view(len(queries), num_beams, -1)[:, :k]  # (batch, k, total)
         scores = output.sequences_scores.view(len(queries), num_beams)[:, :k]  # (batch, k)
         offsets = torch.tensor(self.config.identifier_token_offsets, device=sequences.device)
         codes = (sequences[..., prompt_length : prompt_length + length] - offsets).cpu()  # (batch, k, length)
-        rows = self.lookup_codes(codes.reshape(-1, length)).view(len(queries), k)  # (batch, k)
+        rows = index.lookup(codes.reshape(-1, length)).view(len(queries), k)  # (batch, k)
         similarity = self._score_sequences(sequences, attention_mask, prompt_length + length)  # (batch, k)
-        return [self._format_hits(codes[i], rows[i], scores[i], similarity[i]) for i in range(len(queries))]
+        hits = [
+            self._format_hits(index, codes[i], rows[i], scores[i], similarity[i]) for i in range(len(queries))
+        ]
+        return hits
 
     def _score_sequences(self, sequences, prompt_mask, end: int) -> torch.Tensor:
         """Similarity head on `query + identifier` for every returned beam."""
@@ -504,11 +509,11 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
         mask = mask.repeat_interleave(k, dim=0)  # (batch * k, end)
         return self(input_ids=flat, attention_mask=mask).similarity.view(batch, k).float().cpu()
 
-    def _format_hits(self, codes, rows, scores, similarity) -> list[dict]:
+    def _format_hits(self, index, codes, rows, scores, similarity) -> list[dict]:
         layout = self.config.layout
         return [
             {
-                "image_id": self.image_ids[int(row)],
+                "image_id": index.image_ids[int(row)],
                 "identifier": layout.codes_to_string(code.tolist()),
                 "score": float(score),
                 "similarity": float(sim),

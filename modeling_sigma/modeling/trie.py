@@ -90,6 +90,11 @@ class SigmaIdentifierTrie:
             keys.append(key.to(self.key_dtype))
         return keys
 
+    def identifier_keys(self, codes: torch.Tensor) -> torch.Tensor:
+        """Mixed-radix key `(N,)` of each complete identifier row of `codes` `(N, len(sizes))`, which must be
+        in range; distinct identifiers have distinct keys, ordered as the rows sort."""
+        return self._prefix_keys(self._check_codes(codes))[-1]
+
     def _members(self, level: int, keys: torch.Tensor) -> torch.Tensor:
         """Boolean mask: which `keys` are stored at `level`."""
         stored = self.keys[level]

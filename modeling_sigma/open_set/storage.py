@@ -1,111 +1,93 @@
 # Copyright 2026 The SIGMA release team. Licensed under the Apache License, Version 2.0.
-"""Folder format of `SigmaImageIndex`, written so that a crash never damages the previous index.
+"""Index folders shared by several processes: every change is made under a lock and on a fresh read.
 
-    folder/
-      index.safetensors   tensors (codes, trie keys)
-      index.json          everything else; written last
+`SigmaIndex.save` replaces a folder atomically, so a reader always finds a complete folder, but two writers
+that each read, change and save the same folder would keep only the last one's change. Here every change
+(`update_index_folder`) holds a `filelock.FileLock` on `.{name}.lock` beside the folder, re-reads the folder
+under the lock, applies the change and saves before releasing it: an acknowledged add or remove is never
+overwritten by another writer. The OS releases the lock of a process that is killed, and the previous folder
+stays loadable (the atomic save), so a killed writer loses only its own unacknowledged change.
 
-`write_index_folder` fills `.{name}.tmp-{pid}-*` beside the target, fsyncs it, moves the old folder to
-`.{name}.old-*` and renames the new one into place. If the process dies between those two renames the target
-is missing for a moment; `read_index_folder` then restores the backup, so the previous index is always
-loadable. Temp folders of dead processes are removed by the next save.
+Readers (`read_index_folder`) take no lock: both files of a folder carry one snapshot id, and a read that
+straddles a replace is simply repeated; only a folder that a killed save left missing is restored, under the lock.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
-import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-import torch
+from filelock import FileLock
 
-from modeling_sigma.modeling.file_utils import replace_folder
+from modeling_sigma.modeling.index import SigmaIndex, SigmaIndexSnapshotError
 
 logger = logging.getLogger(__name__)
 
-TENSORS_FILE = "index.safetensors"
-METADATA_FILE = "index.json"
+LOCK_TIMEOUT_SECONDS = 300.0  # a writer waits this long for another one before giving up with an error
+READ_ATTEMPTS = 5
 
 
-def write_index_folder(folder: str | os.PathLike, tensors: dict[str, torch.Tensor], payload: dict) -> None:
-    """Write `tensors` and the JSON `payload` as the index folder `folder`, atomically."""
-    from safetensors.torch import save_file
+def index_lock(folder: str | os.PathLike, timeout: float = LOCK_TIMEOUT_SECONDS) -> FileLock:
+    """The inter-process lock of an index folder: `.{name}.lock` beside it."""
+    folder = Path(folder).resolve()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(folder.parent / f".{folder.name}.lock"), timeout=timeout)
 
-    target = Path(folder).resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temp_folders(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+
+def read_index_folder(folder: str | os.PathLike, model=None) -> SigmaIndex:
+    """A complete snapshot of the index folder (checked against `model` when given), even while another process
+    replaces it; `FileNotFoundError` when there is no index folder."""
+    folder = Path(folder).resolve()
+    for attempt in range(READ_ATTEMPTS):
+        if not folder.is_dir():
+            break
+        try:
+            return SigmaIndex.load(folder, model=model, restore_interrupted=False)
+        except (SigmaIndexSnapshotError, FileNotFoundError):  # replaced while we read it: read again
+            time.sleep(0.01 * (attempt + 1))
+    with index_lock(folder):  # no writer is mid-replace now: a missing folder is one a killed save left
+        return SigmaIndex.load(folder, model=model)
+
+
+@contextmanager
+def update_index_folder(
+    folder: str | os.PathLike,
+    model=None,
+    new_index: Callable[[], SigmaIndex] | None = None,
+    timeout: float = LOCK_TIMEOUT_SECONDS,
+) -> Iterator[SigmaIndex]:
+    """Lock the folder, read it afresh and yield the index; save it when the block succeeds, then unlock.
+
+    Args:
+        folder: the index folder.
+        model: checked against the index (`check_compatible`) when given.
+        new_index: builds the index to start from when the folder does not exist yet (otherwise that is a
+            `FileNotFoundError`).
+        timeout: seconds to wait for another writer (`filelock.Timeout` after that).
+
+    An exception inside the block leaves the folder as it was.
+    """
+    folder = Path(folder).resolve()
+    with index_lock(folder, timeout):
+        index = _read_or_create(folder, model, new_index)
+        yield index
+        index.save(folder)
+
+
+def _read_or_create(folder: Path, model, new_index) -> SigmaIndex:
     try:
-        save_file(tensors, str(tmp / TENSORS_FILE))
-        _write_text(tmp / METADATA_FILE, json.dumps(payload))
-        _fsync(tmp / TENSORS_FILE)
-        _fsync(tmp)
-        replace_folder(tmp, target)
-        _fsync(target.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        return SigmaIndex.load(folder, model=model)
+    except FileNotFoundError:
+        if folder.exists() or new_index is None:
+            raise
+    index = new_index()
+    if model is not None:
+        index.check_compatible(model)
+    return index
 
 
-def read_index_folder(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """`(tensors, payload)` of an index folder; a clear `FileNotFoundError` when it is missing or incomplete."""
-    from safetensors.torch import load_file
-
-    target = Path(folder).resolve()
-    if not target.exists():
-        _restore_backup(target)
-    missing = [name for name in (TENSORS_FILE, METADATA_FILE) if not (target / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{target} is not a SIGMA index folder: missing {missing}")
-    return load_file(str(target / TENSORS_FILE)), json.loads((target / METADATA_FILE).read_text())
-
-
-def _write_text(path: Path, text: str) -> None:
-    with open(path, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file or a folder entry to disk (best effort where the platform cannot open folders)."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _restore_backup(target: Path) -> None:
-    """Put back the previous folder of a save that died between its two renames."""
-    backups = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda path: path.stat().st_mtime)
-    if backups and (backups[-1] / METADATA_FILE).is_file():
-        logger.warning("restoring %s from %s (an earlier save was interrupted)", target, backups[-1])
-        os.replace(backups[-1], target)
-
-
-def _remove_stale_temp_folders(target: Path) -> None:
-    for path in target.parent.glob(f".{target.name}.tmp-*"):
-        pid = path.name[len(f".{target.name}.tmp-") :].split("-")[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-__all__ = ["read_index_folder", "write_index_folder"]
+__all__ = ["index_lock", "read_index_folder", "update_index_folder"]

@@ -76,7 +76,7 @@ def lora_config(script_args: SigmaStageArguments):
 
 
 def load_identifiers(stage0_dir: str) -> tuple[object, torch.Tensor, list[str], dict[str, str]]:
-    """(layout, codes, image ids, image id → identifier string) from a stage-0 folder."""
+    """(layout, codes, image ids, image id → identifier string) from a stage-0 folder (stage 1)."""
     from modeling_sigma.identifiers.builder import SigmaIdentifierBuilder
 
     if not os.path.isdir(stage0_dir):
@@ -88,6 +88,16 @@ def load_identifiers(stage0_dir: str) -> tuple[object, torch.Tensor, list[str], 
     image_ids = list(builder.image_ids)
     identifiers = {i: builder.layout.codes_to_string(row.tolist()) for i, row in zip(image_ids, codes)}
     return builder.layout, codes, image_ids, identifiers
+
+
+def checkpoint_identifiers(model) -> dict[str, str]:
+    """Image id → identifier string of every image in a checkpoint's index (stages 2 and 3 read the
+    identifiers the previous stage was trained with from its checkpoint, not from the stage-0 folder)."""
+    if model.index is None or len(model.index) == 0:
+        raise ValueError(
+            "the previous stage's checkpoint holds no identifier index: it was not saved by the stage-1 recipe"
+        )
+    return model.index.identifiers()
 
 
 def load_previous_stage(path: str | None, previous: str):
@@ -111,6 +121,7 @@ def require_columns(dataset, columns: list[str], what: str) -> None:
 
 __all__ = [
     "SigmaStageArguments",
+    "checkpoint_identifiers",
     "load_identifiers",
     "load_previous_stage",
     "load_stage_corpus",

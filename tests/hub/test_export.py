@@ -277,7 +277,7 @@ def test_push_goes_through_hf_api(kind, recorder, checkpoint, stage0_dir, tiny_c
             hub.push_model_to_hub,
             checkpoint,
             "model",
-            {*os.listdir(checkpoint), "README.md", *CARD_PLOTS},
+            {*listing(checkpoint), "README.md", *CARD_PLOTS},
         ),
         "codebook": (hub.push_codebook_to_hub, stage0_dir, "dataset", CODEBOOK_FILES),
         "corpus": (hub.push_corpus_to_hub, tiny_corpus, "dataset", CORPUS_FILES),

@@ -53,7 +53,7 @@ def test_bad_identifiers_raise_clearly(tiny):
         row for row in ([a, 0, 0, 0, 0] for a in range(LAYOUT.sizes[0])) if tuple(row) not in indexed
     )
     missing_string = LAYOUT.codes_to_string(missing)
-    with pytest.raises(KeyError, match="not in the codebook"):
+    with pytest.raises(KeyError, match="not in the index"):
         model.describe([missing_string])
     with pytest.raises(ValueError, match="malformed identifier"):
         model.describe(["a red circle"])

@@ -157,8 +157,8 @@ def test_bad_inputs(tiny, caplog):
     with caplog.at_level(logging.WARNING):
         hits = model.retrieve(["red circle"], k=10_000)[0]
     assert len(hits) == len(image_ids) and "larger than" in caplog.text
-    with pytest.raises(KeyError, match="not in the codebook"):
-        missing = next(row for row in _all_codes() if not model.trie.contains(row).item())
+    with pytest.raises(KeyError, match="not in the index"):
+        missing = next(row for row in _all_codes() if not model.index.trie.contains(row).item())
         model.identifier_to_image_id(LAYOUT.codes_to_string(missing))
     with pytest.raises(ValueError):
         model.identifier_to_image_id("<id1_0><id2_0>")

@@ -1,4 +1,4 @@
-"""Tests for SigmaImageIndex: open-set add/remove, search, atomic persistence and input validation."""
+"""Tests for open-set indexing on SigmaIndex: add/remove, search, atomic persistence and input validation."""
 
 import copy
 import json
@@ -16,7 +16,9 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from modeling_sigma.identifiers.builder import SigmaIdentifierBuilder, SigmaIdentifierBuilderConfig
 from modeling_sigma.modeling.identifier_layout import SigmaIdentifierLayout
-from modeling_sigma.open_set.index import SigmaImageIndex, SigmaLayoutLogitsProcessor
+from modeling_sigma.modeling.index import SigmaIndex
+from modeling_sigma.open_set.index import SigmaLayoutLogitsProcessor, add_images, remove_images, search
+from modeling_sigma.open_set.storage import read_index_folder
 from modeling_sigma.training.backbone import build_sigma_model
 
 LAYOUT = SigmaIdentifierLayout(k1=4, k2=2, k3=2, k4=2, num_subspaces=1, suffix_size=8)
@@ -39,9 +41,9 @@ def model():
 
 @pytest.fixture
 def index(model):
-    """A fresh index holding the three seed images (and the model reset to them)."""
+    """The model's own index, reset to the three seed images."""
     model.set_index(SEED_CODES, SEED_IDS)
-    return SigmaImageIndex.from_model(model)
+    return model.index
 
 
 @pytest.fixture(scope="module")
@@ -97,18 +99,20 @@ def forced_retrieval(model, codes):
     generated = output[0, prompt_length : prompt_length + LAYOUT.length] - torch.tensor(
         model.config.identifier_token_offsets
     )
-    row = int(model.lookup_codes(generated[None])[0])
-    return model.image_ids[row] if row >= 0 else None
+    row = int(model.index.lookup(generated[None])[0])
+    return model.index.image_ids[row] if row >= 0 else None
 
 
 def snapshot(index, model):
-    return index.codes.clone(), list(index.image_ids), copy.deepcopy(index.metadata), list(model.image_ids)
+    metadata = [index.metadata(image_id) for image_id in index.image_ids]
+    return index.codes.clone(), index.image_ids, metadata, model.index.image_ids
 
 
 def assert_unchanged(before, index, model):
     codes, ids, metadata, model_ids = before
-    assert torch.equal(index.codes, codes) and index.image_ids == ids and index.metadata == metadata
-    assert list(model.image_ids) == model_ids and len(index.trie) == len(ids)
+    assert torch.equal(index.codes, codes) and index.image_ids == ids
+    assert [index.metadata(image_id) for image_id in ids] == metadata
+    assert model.index.image_ids == model_ids and len(index.trie) == len(ids)
 
 
 def test_layout_processor_allows_exactly_one_position():
@@ -123,8 +127,8 @@ def test_layout_processor_allows_exactly_one_position():
 def test_fresh_suffixes_fill_gaps_in_order(index, model):
     # prefix (1,0,1,0) already uses suffixes {0, 2}; (2,1,1,1) is new
     prefixes = [[1, 0, 1, 0], [2, 1, 1, 1], [1, 0, 1, 0], [1, 0, 1, 0]]
-    codes = index.add(
-        [solid_image(i) for i in range(4)], ["a", "b", "c", "d"], mode="quantizer", model=model,
+    codes = add_images(
+        index, model, [solid_image(i) for i in range(4)], ["a", "b", "c", "d"], mode="quantizer",
         quantizer=FixedQuantizer(prefixes), encoder=PixelEncoder(),
     )  # fmt: skip
     assert codes[:, -1].tolist() == [1, 0, 3, 4]
@@ -140,15 +144,15 @@ def solid_image(seed):
 
 def test_add_generate_is_searchable_at_once(index, model, images):
     pil_images, ids = images
-    codes = index.add(pil_images, ids, model=model)
+    codes = add_images(index, model, pil_images, ids)
     assert codes.shape == (4, LAYOUT.length) and len(torch.unique(codes, dim=0)) == 4
-    assert all(image_id in index and image_id in model.image_ids for image_id in ids)
-    assert bool(model.trie.contains(codes).all())
+    assert all(image_id in index and image_id in model.index for image_id in ids)
+    assert bool(model.index.trie.contains(codes).all())
     for image_id, row in zip(ids, codes):
         assert forced_retrieval(model, row) == image_id
     hits = model.retrieve(QUERIES, k=len(index))  # all identifiers fit in the beams
     assert all(set(ids) <= {hit["image_id"] for hit in query_hits} for query_hits in hits)
-    assert {hit["image_id"] for hit in index.search(model, QUERIES[:1], k=len(index))[0]} == set(
+    assert {hit["image_id"] for hit in search(index, model, QUERIES[:1], k=len(index))[0]} == set(
         index.image_ids
     )
 
@@ -160,29 +164,29 @@ def test_add_quantizer_mode_with_fitted_builder(index, model, tiny_corpus):
     train = list(tiny_corpus["train"]["image"][:16])
     builder.fit(encoder.encode_images(train), [f"train-{i}" for i in range(16)])
     new = list(tiny_corpus["test"]["image"][:3])
-    codes = index.add(
-        new, ["q0", "q1", "q2"], mode="quantizer", model=model, quantizer=builder, encoder=encoder
+    codes = add_images(
+        index, model, new, ["q0", "q1", "q2"], mode="quantizer", quantizer=builder, encoder=encoder
     )
     assert torch.equal(codes[:, :-1], torch.as_tensor(builder.quantize(encoder.encode_images(new))))
-    assert bool(model.trie.contains(codes).all())
+    assert bool(model.index.trie.contains(codes).all())
 
 
 def test_remove_is_never_returned_and_re_add_works(index, model, images):
     pil_images, ids = images
-    codes = index.add(pil_images, ids, model=model)
-    index.remove(ids[:2], model=model)
-    assert ids[0] not in index and ids[0] not in model.image_ids
-    assert not bool(model.trie.contains(codes[:2]).any())
+    codes = add_images(index, model, pil_images, ids)
+    remove_images(index, ids[:2], model=model)
+    assert ids[0] not in index and ids[0] not in model.index
+    assert not bool(model.index.trie.contains(codes[:2]).any())
     assert forced_retrieval(model, codes[0]) not in ids[:2]
-    for query_hits in index.search(model, QUERIES, k=len(index)):
+    for query_hits in search(index, model, QUERIES, k=len(index)):
         assert not {hit["image_id"] for hit in query_hits} & set(ids[:2])
-    again = index.add(pil_images[:1], ids[:1], model=model)
+    again = add_images(index, model, pil_images[:1], ids[:1])
     assert forced_retrieval(model, again[0]) == ids[0]
 
 
 def test_rerank_fuses_beam_score_and_similarity(index, model):
-    plain = index.search(model, QUERIES, k=3, num_beams=3)
-    fused = index.search(model, QUERIES, k=3, num_beams=3, rerank=True, rerank_weight=2.0)
+    plain = search(index, model, QUERIES, k=3, num_beams=3)
+    fused = search(index, model, QUERIES, k=3, num_beams=3, rerank=True, rerank_weight=2.0)
     for plain_hits, fused_hits in zip(plain, fused):
         assert {h["image_id"] for h in plain_hits} == {h["image_id"] for h in fused_hits}
         for hit in fused_hits:
@@ -207,10 +211,10 @@ def test_bad_input_leaves_index_unchanged(index, model, images, tmp_path):
     ]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
-            index.add(model=model, **kwargs)
+            add_images(index, model, **kwargs)
         assert_unchanged(before, index, model)
     with pytest.raises(ValueError, match="not in the index"):
-        index.remove(["seed-0", "missing"], model=model)
+        remove_images(index, ["seed-0", "missing"], model=model)
     assert_unchanged(before, index, model)
 
 
@@ -218,8 +222,8 @@ def test_exhausted_suffix_is_a_clear_error(index, model):
     before = snapshot(index, model)
     prefixes = [[1, 0, 1, 0]] * 7  # 8 suffixes, 2 already used
     with pytest.raises(ValueError, match="no free suffix left"):
-        index.add([solid_image(i % 5) for i in range(7)], [f"z{i}" for i in range(7)], mode="quantizer",
-                  model=model, quantizer=FixedQuantizer(prefixes), encoder=PixelEncoder())  # fmt: skip
+        add_images(index, model, [solid_image(i % 5) for i in range(7)], [f"z{i}" for i in range(7)],
+                   mode="quantizer", quantizer=FixedQuantizer(prefixes), encoder=PixelEncoder())  # fmt: skip
     assert_unchanged(before, index, model)
 
 
@@ -228,35 +232,37 @@ def test_incompatible_model_is_rejected(index, model, images, tmp_path):
     other = copy.deepcopy(model.config)
     other.identifier_token_offsets = [offset + 1 for offset in other.identifier_token_offsets]
     with pytest.raises(ValueError, match="incompatible model: identifier_token_offsets"):
-        SigmaImageIndex.load(tmp_path / "index", model=other)
+        SigmaIndex.load(tmp_path / "index", model=other)
     bigger = copy.deepcopy(model.config)
     bigger.backbone_config.text_config.hidden_size *= 2
     with pytest.raises(ValueError, match="config_sha256"):
         index.check_compatible(bigger)
     before = snapshot(index, model)
     with pytest.raises(ValueError, match="incompatible"):
-        index.add(images[0][:1], ["x"], model=type("Fake", (), {"config": other})())
+        add_images(index, type("Fake", (), {"config": other})(), images[0][:1], ["x"])
     assert_unchanged(before, index, model)
 
 
 LOAD_AND_SEARCH = """
 import json, sys
-from modeling_sigma.open_set.index import SigmaImageIndex
+from modeling_sigma.open_set.index import search
+from modeling_sigma.open_set.storage import read_index_folder
 from modeling_sigma.modeling.modeling_sigma import SigmaForRetrieval
 model = SigmaForRetrieval.from_pretrained(sys.argv[1]).eval()
-index = SigmaImageIndex.load(sys.argv[2], model=model)
-hits = index.search(model, {queries!r}, k=5, rerank=True)
-print("RESULT" + json.dumps({{"ids": index.image_ids, "metadata": index.metadata, "hits": hits}}))
+index = read_index_folder(sys.argv[2], model=model)
+hits = search(index, model, {queries!r}, k=5, rerank=True)
+metadata = [index.metadata(image_id) for image_id in index.image_ids]
+print("RESULT" + json.dumps({{"ids": index.image_ids, "metadata": metadata, "hits": hits}}))
 """
 
 
 def test_save_then_load_in_new_process_gives_identical_results(index, model, images, tmp_path):
     pil_images, ids = images
-    index.add(pil_images, ids, metadata=[{"n": i} for i in range(4)], model=model)
-    index.remove(ids[1:2], model=model)
+    add_images(index, model, pil_images, ids, metadata=[{"n": i} for i in range(4)])
+    remove_images(index, ids[1:2], model=model)
     model.save_pretrained(tmp_path / "model")
     index.save(tmp_path / "index")
-    expected = index.search(model, QUERIES, k=5, rerank=True)
+    expected = search(index, model, QUERIES, k=5, rerank=True)
     script = LOAD_AND_SEARCH.format(queries=QUERIES)
     output = subprocess.run(
         [sys.executable, "-c", script, str(tmp_path / "model"), str(tmp_path / "index")],
@@ -264,7 +270,8 @@ def test_save_then_load_in_new_process_gives_identical_results(index, model, ima
     )  # fmt: skip
     assert output.returncode == 0, output.stderr[-2000:]
     loaded = json.loads(output.stdout.split("RESULT", 1)[1])
-    assert loaded["ids"] == index.image_ids and loaded["metadata"] == index.metadata
+    assert tuple(loaded["ids"]) == index.image_ids
+    assert loaded["metadata"] == [index.metadata(image_id) for image_id in index.image_ids]
     for got, want in zip(loaded["hits"], expected):
         assert [(h["image_id"], h["identifier"]) for h in got] == [
             (h["image_id"], h["identifier"]) for h in want
@@ -275,36 +282,35 @@ def test_save_then_load_in_new_process_gives_identical_results(index, model, ima
 def test_failed_save_keeps_previous_folder(index, model, images, tmp_path, monkeypatch):
     folder = tmp_path / "index"
     index.save(folder)
-    index.add(images[0][:2], images[1][:2], model=model)
+    add_images(index, model, images[0][:2], images[1][:2])
 
     def fail(*args, **kwargs):
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr("modeling_sigma.open_set.storage._write_text", fail)  # after the tensors are written
+    monkeypatch.setattr("modeling_sigma.modeling.index._write_json", fail)  # after the tensors are written
     with pytest.raises(OSError, match="simulated"):
         index.save(folder)
     monkeypatch.undo()
-    assert SigmaImageIndex.load(folder).image_ids == SEED_IDS
+    assert SigmaIndex.load(folder).image_ids == tuple(SEED_IDS)
     assert sorted(os.listdir(tmp_path)) == ["index"]  # the temp folder is gone
     # a save that died between its two renames: only the backup exists; load restores it
     os.replace(folder, tmp_path / ".index.old-crash")
-    assert SigmaImageIndex.load(folder, model=model).image_ids == SEED_IDS and folder.is_dir()
+    assert read_index_folder(folder, model=model).image_ids == tuple(SEED_IDS) and folder.is_dir()
 
 
 KILLED_SAVE = """
-import sys, time
-import torch
-from modeling_sigma.open_set import storage as index_storage
-from modeling_sigma.open_set.index import SigmaImageIndex
-index = SigmaImageIndex.load(sys.argv[1])
-index._commit(torch.zeros(0, index.layout.length, dtype=torch.long), [], [])
+import json, sys, time
+from modeling_sigma.modeling import index as index_module
+from modeling_sigma.modeling.index import SigmaIndex
+index = SigmaIndex.load(sys.argv[1])
+index.remove(list(index.image_ids))
 
-def hang(path, text):
-    open(path, "w").write(text[: len(text) // 2])  # half a file, then stall until killed
+def hang(path, payload):
+    open(path, "w").write(json.dumps(payload)[:20])  # half a file, then stall until killed
     open(sys.argv[2], "w").close()
     time.sleep(120)
 
-index_storage._write_text = hang
+index_module._write_json = hang
 index.save(sys.argv[1])
 """
 
@@ -323,8 +329,8 @@ def test_process_killed_mid_save_leaves_previous_index(index, model, tmp_path):
     finally:
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
-    loaded = SigmaImageIndex.load(folder, model=model)
-    assert loaded.image_ids == SEED_IDS and torch.equal(loaded.codes, SEED_CODES)
+    loaded = read_index_folder(folder, model=model)
+    assert loaded.image_ids == tuple(SEED_IDS) and torch.equal(loaded.codes, SEED_CODES)
     assert any(name.startswith(".index.tmp-") for name in os.listdir(tmp_path))
     loaded.save(folder)  # the next save removes the dead process's temp folder
     assert not any(name.startswith(".index.tmp-") for name in os.listdir(tmp_path))

@@ -93,10 +93,7 @@ def build_space_model(corpus, train_steps: int = 0):
 def train_briefly(model, processor, split, steps: int) -> None:
     from modeling_sigma.training.collator import SigmaCollator
 
-    layout = model.config.layout
-    identifiers = {
-        i: layout.codes_to_string(row.tolist()) for i, row in zip(model.image_ids, model.codebook_codes)
-    }
+    identifiers = model.index.identifiers()
     examples = [
         {"task": "comprehend", "identifier": identifiers[image_id], "answer": captions[0]}
         for image_id, captions in zip(split["image_id"], split["captions"])
@@ -150,13 +147,13 @@ def images(tmp_path, tiny_corpus):
 
 
 def snapshot(space):
-    return list(space.index.image_ids), space.index.codes.clone(), list(space.model.image_ids)
+    return space.index.image_ids, space.index.codes.clone(), space.model.index.image_ids
 
 
 def assert_unchanged(space, before):
     image_ids, codes, model_ids = before
     assert space.index.image_ids == image_ids and torch.equal(space.index.codes, codes)
-    assert space.model.image_ids == model_ids
+    assert space.model.index.image_ids == model_ids
 
 
 def call(client, *args, api_name):
