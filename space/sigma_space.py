@@ -43,12 +43,12 @@ def register_local_classes() -> None:
     Space use the current code (e.g. `describe`) and keeps transformers from asking on stdin whether to run
     the copy, which fails in the background thread that loads the model.
     """
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
-    from modeling_sigma.modeling.configuration_sigma import SigmaConfig
+    from modeling_sigma.modeling.configuration_sigma import SigmaConfig, register_sigma_config
     from modeling_sigma.modeling.modeling_sigma import SigmaForRetrieval
 
-    AutoConfig.register(SigmaConfig.model_type, SigmaConfig, exist_ok=True)
+    register_sigma_config()
     AutoModel.register(SigmaConfig, SigmaForRetrieval, exist_ok=True)
 
 

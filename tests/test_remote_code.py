@@ -13,7 +13,7 @@ REMOTE_CODE_DIR = REPO_ROOT / "modeling_sigma" / "modeling"
 ALLOWED_PACKAGES = {"torch", "transformers", "safetensors"}
 # Files of the folder that no remote-code module imports yet, so save_pretrained does not copy them. Each entry
 # must really be unimported (checked below); remove it once a sibling imports the file.
-AWAITING_IMPORT = {"file_utils.py"}  # imported by modeling/index.py on the index branch
+AWAITING_IMPORT: set[str] = set()
 
 
 def remote_code_files() -> list[Path]:

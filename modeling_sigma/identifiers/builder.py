@@ -353,11 +353,11 @@ def _suffix_ranks(prefixes: np.ndarray) -> np.ndarray:
     of each new image (the open-set index allocates suffixes with the same function)."""
     import torch
 
-    from modeling_sigma.open_set.index import _rank_within_groups
+    from modeling_sigma.modeling.index import rank_within_groups
 
     if len(prefixes) == 0:
         return np.zeros(0, dtype=np.int64)
-    return _rank_within_groups(torch.from_numpy(np.ascontiguousarray(prefixes, dtype=np.int64))).numpy()
+    return rank_within_groups(torch.from_numpy(np.ascontiguousarray(prefixes, dtype=np.int64))).numpy()
 
 
 def _validate_features(features: np.ndarray, dim: int | None = None) -> np.ndarray:

@@ -13,7 +13,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
 from transformers.utils import ModelOutput, cached_file
 
-from .configuration_sigma import SigmaConfig
+from .configuration_sigma import SigmaConfig, register_sigma_config
 from .file_utils import restore_interrupted_folder
 from .index import INDEX_FOLDER_NAME, SigmaIndex
 from .index import METADATA_FILE as INDEX_METADATA_FILE
@@ -308,15 +308,9 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
         )  # fmt: skip
 
     def _load_processor(self, path: str, options: dict) -> None:
-        from transformers import AutoConfig
-        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
         from .processing_sigma import SigmaProcessor
 
-        # The tokenizer reads config.json through AutoConfig; with "sigma" registered it uses this class
-        # instead of asking on stdout whether to run the checkpoint's copy of the code.
-        if SigmaConfig.model_type not in CONFIG_MAPPING:
-            AutoConfig.register(SigmaConfig.model_type, SigmaConfig)
+        register_sigma_config()  # the tokenizer reads config.json through AutoConfig
         try:
             self.processor = SigmaProcessor.from_pretrained(path, **options)
         except (OSError, ValueError, TypeError) as error:

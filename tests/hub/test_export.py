@@ -215,6 +215,7 @@ def test_model_repo_carries_an_index_folder(checkpoint, tmp_path, caplog):
     shutil.copytree(checkpoint, source)
     for name in ("sigma_index.pt", "sigma_index.json"):
         (source / name).unlink(missing_ok=True)
+    shutil.rmtree(source / "sigma_index", ignore_errors=True)  # replaced by a recognisable one
     (source / "sigma_index").mkdir()
     (source / "sigma_index" / "index.safetensors").write_bytes(b"codes")
     (source / "sigma_index" / "index.json").write_text("{}")
