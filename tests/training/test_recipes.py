@@ -69,7 +69,7 @@ def write_config(workspace, path, **overrides):
             **TRAINER,
             "model_name_or_path": str(out / "stage2"),
             "teacher": encoder,
-            "alignment_replay_fraction": 0.5,  # mixes image rows (no soft label) into stage-3 batches
+            "replay_fraction": 0.5,  # mixes image rows (no soft label) into stage-3 batches
             "train_splits": ["train", "test"],
             "output_dir": str(out / "stage3"),
         },
