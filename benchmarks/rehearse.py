@@ -46,6 +46,9 @@ FSDP = [
     "--fsdp_state_dict_type", "SHARDED_STATE_DICT", "--fsdp_use_orig_params", "true",
     "--fsdp_sync_module_states", "false", "--fsdp_cpu_ram_efficient_loading", "false", "--mixed_precision", "no",
 ]  # fmt: skip
+# 12 images: a small identifier layout and short solver runs (stage 0 is not what is rehearsed)
+SMALL_STAGE0 = dict(k1=4, k2=2, k3=2, k4=2, suffix_size=32, semi_nmf_iterations=5, coefficient_iterations=10)
+SMALL_STAGE0["kmeans_batch_size"] = 64
 TRAINER = {
     "per_device_train_batch_size": 2,
     "gradient_accumulation_steps": 1,
@@ -133,15 +136,8 @@ def prepare(workdir: str) -> dict:
             "encoder": encoder,
             "output_dir": data["stage0_dir"],
             "fit_splits": ["train", "test"],
-            "k1": 4,
-            "k2": 2,
-            "k3": 2,
-            "k4": 2,
-            "suffix_size": 32,
-            "semi_nmf_iterations": 5,
-            "coefficient_iterations": 10,
-            "kmeans_batch_size": 64,
-        },  # fmt: skip
+            **SMALL_STAGE0,
+        },
         "stage1": {**data, **TRAINER, "model_name_or_path": backbone, "train_splits": ["train", "test"]},
         "stage2": {**data, **TRAINER, "model_name_or_path": f"{out}/stage1", "replay_fraction": 0.5},
         "stage3": {

@@ -32,15 +32,9 @@ SHAPES = ["circle", "square"]
 
 def qwen25_vl_3b_config(tokenizer, text_layers: int = 1, vision_depth: int = 1) -> Qwen2_5_VLConfig:
     """Qwen2.5-VL-3B-Instruct's config.json values, with `text_layers` decoder layers and `vision_depth` blocks."""
-    ids = {
-        f"{name}_token_id": tokenizer.convert_tokens_to_ids(token)
-        for name, token in [
-            ("image", "<|image_pad|>"),
-            ("video", "<|video_pad|>"),
-            ("vision_start", "<|vision_start|>"),
-            ("vision_end", "<|vision_end|>"),
-        ]
-    }
+    special = {"image": "<|image_pad|>", "video": "<|video_pad|>", "vision_start": "<|vision_start|>"}
+    special["vision_end"] = "<|vision_end|>"
+    ids = {f"{name}_token_id": tokenizer.convert_tokens_to_ids(token) for name, token in special.items()}
     text = {
         "vocab_size": QWEN25_VL_3B_VOCAB,
         "hidden_size": 2048,

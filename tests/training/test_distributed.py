@@ -18,16 +18,12 @@ from test_recipes import run, write_config
 from modeling_sigma.data.corpus import TinyShapesConfig, generate_tiny_shapes, save_corpus
 from modeling_sigma.identifiers.tiny_clip import TinyClipConfig, get_tiny_clip
 
+sys.path.insert(0, os.path.join(str(REPO_ROOT), "benchmarks"))
+from rehearse import FSDP  # noqa: E402  (the rehearsal's FSDP launch flags)
+
 pytestmark = pytest.mark.slow
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch"]
 DDP = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
-FSDP = [
-    "--use_fsdp", "--num_processes", "2", "--fsdp_version", "1", "--fsdp_sharding_strategy", "FULL_SHARD",
-    "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
-    "--fsdp_transformer_layer_cls_to_wrap", "Qwen2_5_VLDecoderLayer,Qwen2_5_VLVisionBlock",
-    "--fsdp_state_dict_type", "SHARDED_STATE_DICT", "--fsdp_use_orig_params", "true",
-    "--fsdp_sync_module_states", "false", "--fsdp_cpu_ram_efficient_loading", "false", "--mixed_precision", "no",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
