@@ -194,7 +194,8 @@ def save_final_model(trainer, output_dir: str, dtype: torch.dtype = torch.float3
             name: tensor.to(dtype) if tensor.is_floating_point() else tensor
             for name, tensor in state_dict.items()
         }
-        trained.to(dtype)  # config.json records the module's dtype, which `dtype="auto"` loads back
+        if not parameters_are_sharded(trainer):  # an FSDP module's flat shards are not cast in place
+            trained.to(dtype)  # config.json records the module's dtype, which `dtype="auto"` loads back
         trained.save_pretrained(output_dir, state_dict=state_dict)
     accelerator.wait_for_everyone()
 
