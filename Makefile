@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export GRADIO_ANALYTICS_ENABLED ?= False
 
-.PHONY: install e2e smoke test test-all bench quality format clean
+.PHONY: install e2e smoke test test-all bench rehearse quality format clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -28,6 +28,9 @@ test: install  ## the test suite CI runs (slow tests excluded)
 
 bench: install  ## the benchmark suite: results/*.json, *.png, and the tables of README.md and model_card.md
 	$(PY) benchmarks/run_suite.py $(BENCH_ARGS)
+
+rehearse: install  ## real-scale rehearsal on CPU (3B shapes, 2 gloo ranks, FSDP save, 30,000 JPEGs): docs/REHEARSAL.md
+	$(PY) benchmarks/rehearse.py $(REHEARSE_ARGS)
 
 test-all: install
 	$(PY) -m pytest -q -m ""

@@ -10,34 +10,20 @@ adds the identifier tokens, and saves a `SigmaForRetrieval` checkpoint to `outpu
 
 from __future__ import annotations
 
-import logging
-
-from trl import SFTConfig, TrlParser
-
 from modeling_sigma.data.corpus import get_split
-from modeling_sigma.training.arguments import (
-    SigmaStageArguments,
-    load_identifiers,
-    load_stage_corpus,
-    lora_config,
-)
+from modeling_sigma.training import arguments as stage
 from modeling_sigma.training.backbone import build_sigma_model
 from modeling_sigma.training.examples import memorization_examples
-from modeling_sigma.training.recipe_config import parse_recipe_args
-from modeling_sigma.training.trainer import train_and_save
 
 SECTION = "stage1"
+make_parser = stage.make_stage_parser
 
 
-def make_parser() -> TrlParser:
-    return TrlParser((SigmaStageArguments, SFTConfig))
-
-
-def main(script_args: SigmaStageArguments, training_args: SFTConfig) -> dict:
+def main(script_args: stage.SigmaStageArguments, training_args) -> dict:
     # ----- data -----
-    corpus = load_stage_corpus(script_args)
-    layout, codes, image_ids, identifiers = load_identifiers(script_args.stage0_dir)
-    splits = [get_split(corpus, split) for split in script_args.train_splits]
+    corpus = stage.load_stage_corpus(script_args)
+    layout, codes, image_ids, identifiers = stage.load_identifiers(script_args.stage0_dir)
+    splits = stage.indexed_splits(corpus, script_args)
     examples = memorization_examples(splits, identifiers)
     print(f"stage 1: {len(examples)} image → identifier examples from {script_args.train_splits}")
 
@@ -53,11 +39,8 @@ def main(script_args: SigmaStageArguments, training_args: SFTConfig) -> dict:
     )
 
     # ----- train and save -----
-    metrics = train_and_save(model, processor, training_args, examples, lora_config(script_args))
-    print(f"stage 1 done: {metrics} → {training_args.output_dir}")
-    return metrics
+    return stage.train_stage(SECTION, model, processor, script_args, training_args, examples, splits)
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    main(*parse_recipe_args(make_parser(), SECTION))
+    stage.run_stage_cli(main, SECTION)

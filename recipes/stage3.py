@@ -5,44 +5,28 @@
 
 Before training, a teacher scores every (train image, caption) pair in [0, 1] and the scores are stored as
 the `soft_labels` column (`teacher: null` trains with hard labels only, the "no soft labels" ablation).
+`replay_fraction` (default 0) mixes replayed stage-1 samples in, which keeps open-set assignment by generation.
 Starts from the stage-2 checkpoint (`model_name_or_path`); resumes from the last checkpoint in output_dir.
 """
 
 from __future__ import annotations
 
-import logging
-import random
-
-from trl import SFTConfig, TrlParser
-
 from modeling_sigma.data.corpus import get_split
-from modeling_sigma.training.arguments import (
-    SigmaStageArguments,
-    checkpoint_identifiers,
-    load_previous_stage,
-    load_stage_corpus,
-    lora_config,
-    require_columns,
-)
-from modeling_sigma.training.examples import alignment_examples, memorization_examples
-from modeling_sigma.training.recipe_config import parse_recipe_args
+from modeling_sigma.training import arguments as stage
+from modeling_sigma.training.examples import alignment_examples, memorization_examples, replay_examples
 from modeling_sigma.training.soft_labels import SOFT_LABEL_COLUMN, add_soft_labels
-from modeling_sigma.training.trainer import train_and_save
 
 SECTION = "stage3"
-
-
-def make_parser() -> TrlParser:
-    return TrlParser((SigmaStageArguments, SFTConfig))
+make_parser = stage.make_stage_parser
 
 
 def hard_labels_only(teacher: str | None) -> bool:
     return teacher is None or teacher.strip().lower() in ("", "none", "null")
 
 
-def soft_labelled_train_split(script_args: SigmaStageArguments, corpus):
+def soft_labelled_train_split(script_args: stage.SigmaStageArguments, corpus):
     train = get_split(corpus, "train")
-    require_columns(train, ["image", "image_id", "captions"], "the train split")
+    stage.require_columns(train, ["image", "image_id", "captions"], "the train split")
     if hard_labels_only(script_args.teacher) or SOFT_LABEL_COLUMN in train.column_names:
         return train
     teacher_name = script_args.teacher
@@ -53,32 +37,31 @@ def soft_labelled_train_split(script_args: SigmaStageArguments, corpus):
     return add_soft_labels(train, teacher_name, cache_dir=script_args.cache_dir)
 
 
-def main(script_args: SigmaStageArguments, training_args: SFTConfig) -> dict:
+def main(script_args: stage.SigmaStageArguments, training_args) -> dict:
     # ----- model -----
-    model, processor = load_previous_stage(script_args.model_name_or_path, "stage2")
+    model, processor = stage.load_previous_stage(script_args.model_name_or_path, "stage2")
     if script_args.lambda_ssp is not None:
         model.config.lambda_ssp = script_args.lambda_ssp
 
     # ----- data -----
-    corpus = load_stage_corpus(script_args)
-    identifiers = checkpoint_identifiers(model)  # the ones stages 1-2 were trained with
+    corpus = stage.load_stage_corpus(script_args)
+    identifiers = stage.checkpoint_identifiers(model)  # the ones stages 1-2 were trained with
     train = soft_labelled_train_split(script_args, corpus)
     soft_column = None if hard_labels_only(script_args.teacher) else SOFT_LABEL_COLUMN
     examples = alignment_examples(train, identifiers, soft_column)
-    if script_args.alignment_replay_fraction > 0:
-        replay = memorization_examples([get_split(corpus, s) for s in script_args.train_splits], identifiers)
-        count = min(len(replay), round(script_args.alignment_replay_fraction * len(examples)))
-        examples += random.Random(training_args.seed).sample(replay, count)
+    fraction = stage.stage_replay_fraction(script_args, SECTION)
+    splits = stage.indexed_splits(corpus, script_args) if fraction > 0 else []
+    replay = replay_examples(
+        memorization_examples(splits, identifiers), fraction, len(examples), training_args.seed
+    )
+    examples += replay
     print(
-        f"stage 3: {len(examples)} examples (caption → identifier, plus replayed stage-1), soft labels from {script_args.teacher}"
+        f"stage 3: {len(examples)} examples ({len(replay)} replayed), soft labels from {script_args.teacher}"
     )
 
     # ----- train and save -----
-    metrics = train_and_save(model, processor, training_args, examples, lora_config(script_args))
-    print(f"stage 3 done: {metrics} → {training_args.output_dir}")
-    return metrics
+    return stage.train_stage(SECTION, model, processor, script_args, training_args, examples, splits)
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    main(*parse_recipe_args(make_parser(), SECTION))
+    stage.run_stage_cli(main, SECTION)

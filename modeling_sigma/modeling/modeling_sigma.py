@@ -83,6 +83,7 @@ class SigmaPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"]
     _supports_sdpa = True
+    accepts_loss_kwargs = False  # a per-batch mean loss: Trainer divides it by the accumulation steps
 
     def _init_weights(self, module):
         if isinstance(module, SigmaSimilarityHead):

@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+logger = logging.getLogger(__name__)
+DEFAULT_REPLAY_FRACTION = {"stage2": 0.2, "stage3": 0.0}
 
 
 @dataclass
@@ -24,8 +29,12 @@ class SigmaStageArguments:
         metadata={"help": "previous stage's checkpoint (stage 1: the backbone, e.g. 'embedded')"},
     )
     train_splits: list[str] = field(default_factory=lambda: ["train"], metadata={"help": "splits trained on"})
-    replay_fraction: float = field(
-        default=0.2, metadata={"help": "stage 2: share of replayed stage-1 samples"}
+    replay_fraction: float | None = field(
+        default=None,
+        metadata={
+            "help": "stages 2 and 3: replayed stage-1 samples, as a share of the stage's own examples "
+            "(default 0.2 in stage 2, 0 in stage 3); keeps the image → identifier ability open-set indexing uses"
+        },
     )
     teacher: str | None = field(
         default="tiny-clip", metadata={"help": "stage 3: soft-label teacher (None: hard)"}
@@ -33,9 +42,14 @@ class SigmaStageArguments:
     lambda_ssp: float | None = field(
         default=None, metadata={"help": "stage 3: weight of the similarity loss"}
     )
-    alignment_replay_fraction: float = field(
-        default=0.0,
-        metadata={"help": "stage 3: share of replayed stage-1 samples (keeps open-set assignment)"},
+    alignment_replay_fraction: float | None = field(
+        default=None, metadata={"help": "deprecated: stage 3's former name of replay_fraction"}
+    )
+    global_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "when set, per-device batch x processes x accumulation must equal it (paper settings)"
+        },
     )
     similarity_hidden_size: int = field(default=256, metadata={"help": "stage 1: similarity-head width"})
     image_root: str | None = field(
@@ -49,6 +63,54 @@ class SigmaStageArguments:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         metadata={"help": "projections that get adapters"},
     )
+
+
+def stage_replay_fraction(script_args: SigmaStageArguments, stage: str) -> float:
+    """The replay share of `stage` (`replay_fraction`; stage 3 still reads `alignment_replay_fraction`, warning)."""
+    fraction = script_args.replay_fraction
+    if script_args.alignment_replay_fraction is not None:
+        if fraction is not None:
+            raise ValueError("set replay_fraction only (alignment_replay_fraction is its deprecated name)")
+        warnings.warn(
+            "alignment_replay_fraction is deprecated: call it replay_fraction", FutureWarning, stacklevel=2
+        )
+        fraction = script_args.alignment_replay_fraction
+    return DEFAULT_REPLAY_FRACTION[stage] if fraction is None else fraction
+
+
+def make_stage_parser():
+    """The parser of the stage-1/2/3 recipes: `SigmaStageArguments` and TRL's `SFTConfig`."""
+    from trl import SFTConfig, TrlParser
+
+    return TrlParser((SigmaStageArguments, SFTConfig))
+
+
+def run_stage_cli(main, section: str) -> None:
+    """A stage recipe's `__main__`: logging, then `main(*arguments)` parsed from `--config` (its section) and flags."""
+    from modeling_sigma.training.recipe_config import parse_recipe_args
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    main(*parse_recipe_args(make_stage_parser(), section))
+
+
+def train_stage(section, model, processor, script_args, training_args, examples, image_sources) -> dict:
+    """Trains and saves one stage (`trainer.train_and_save`) with the recipe's LoRA and global-batch settings."""
+    from modeling_sigma.training.trainer import train_and_save
+
+    lora, batch = lora_config(script_args), script_args.global_batch_size
+    metrics = train_and_save(model, processor, training_args, examples, lora, image_sources, batch)
+    logger.info("%s done: %s → %s", section, metrics, training_args.output_dir)
+    return metrics
+
+
+def indexed_splits(corpus, script_args: SigmaStageArguments) -> list:
+    """The splits whose images are indexed (`train_splits`): stage 1 trains on them, stages 2–3 replay them."""
+    from modeling_sigma.data.corpus import get_split
+
+    splits = [get_split(corpus, split) for split in script_args.train_splits]
+    for name, split in zip(script_args.train_splits, splits):
+        require_columns(split, ["image", "image_id"], f"the {name} split")
+    return splits
 
 
 def load_stage_corpus(script_args: SigmaStageArguments):
@@ -122,9 +184,14 @@ def require_columns(dataset, columns: list[str], what: str) -> None:
 __all__ = [
     "SigmaStageArguments",
     "checkpoint_identifiers",
+    "indexed_splits",
+    "make_stage_parser",
+    "run_stage_cli",
+    "train_stage",
     "load_identifiers",
     "load_previous_stage",
     "load_stage_corpus",
     "lora_config",
     "require_columns",
+    "stage_replay_fraction",
 ]

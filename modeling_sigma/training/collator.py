@@ -1,9 +1,12 @@
 # Copyright 2026 The SIGMA release team. Licensed under the Apache License, Version 2.0.
 """`SigmaCollator`: prompt + answer per example, right-padded; only the answer is trained on (labels are -100 on
-the prompt)."""
+the prompt). Images are read and decoded here, one batch at a time (examples only name them)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import datasets
 import torch
 
 from modeling_sigma.data.corpus import load_image
@@ -12,20 +15,42 @@ IGNORE_INDEX = -100
 
 
 class SigmaCollator:
-    """Tokenises prompt + answer per example, pads to the right, and masks the prompt out of the labels."""
+    """Tokenises prompt + answer per example, pads to the right, and masks the prompt out of the labels.
 
-    def __init__(self, processor, config, max_length: int = 512):
+    Args:
+        processor (`SigmaProcessor`): tokenizer + image processor of the model.
+        config (`SigmaConfig`): gives the prompts of the three tasks.
+        max_length (`int`): prompt + answer are cut to this many tokens.
+        image_sources (`Sequence[datasets.Dataset]`, *optional*): the splits that stage-1 examples point into with
+            `(image_source, image_row)`; their `image` column is read undecoded and decoded per batch.
+    """
+
+    def __init__(
+        self, processor, config, max_length: int = 512, image_sources: Sequence[datasets.Dataset] = ()
+    ):
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.config = config
         self.max_length = max_length
         self.end_of_turn = "<|im_end|>"
+        self.image_sources = [_undecoded_images(source) for source in image_sources]
+
+    def _image(self, example: dict):
+        if example.get("source_image") is not None:  # an image value given directly (PIL, path, bytes dict)
+            return load_image(example["source_image"])
+        source, row = example.get("image_source"), example.get("image_row")
+        if source is None or row is None or not 0 <= source < len(self.image_sources):
+            raise ValueError(
+                f"memorize example names image source {source!r} row {row!r}, but the collator holds "
+                f"{len(self.image_sources)} image source(s): pass the splits as SigmaCollator(image_sources=...)"
+            )
+        return load_image(self.image_sources[source][int(row)]["image"])
 
     def _prompt(self, example: dict) -> tuple[str, list]:
         task = example["task"]
         if task == "memorize":
             content = [{"type": "image"}, {"type": "text", "text": self.config.memorization_prompt}]
-            images = [self.processor.prepare_image(load_image(example["source_image"]))]
+            images = [self.processor.prepare_image(self._image(example))]
         elif task == "comprehend":
             content = self.config.comprehension_prompt.format(identifier=example["identifier"])
             images = []
@@ -80,6 +105,16 @@ class SigmaCollator:
             labels = [float("nan") if label is None else label for label in labels]
             batch["similarity_labels"] = torch.tensor(labels, dtype=torch.float32)
         return batch
+
+
+def _undecoded_images(split: datasets.Dataset) -> datasets.Dataset:
+    """The split's `image` column alone, read as `{"bytes", "path"}` (Arrow keeps it on disk until a row is read)."""
+    if "image" not in split.column_names:
+        raise ValueError(f"an image source needs an 'image' column (has {split.column_names})")
+    images = split.select_columns(["image"])
+    if isinstance(images.features["image"], datasets.Image):
+        images = images.cast_column("image", datasets.Image(decode=False))
+    return images
 
 
 __all__ = ["IGNORE_INDEX", "SigmaCollator"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 
+import torch
 from trl import SFTTrainer
 
 from modeling_sigma.training.collator import IGNORE_INDEX, SigmaCollator
@@ -18,7 +19,11 @@ class SigmaTrainer(SFTTrainer):
     """`SFTTrainer` that optimises SIGMA's own loss (L_gen + λ·L_ssp) and logs both parts.
 
     Data arrive already as examples for `SigmaCollator` (`dataset_kwargs={"skip_prepare_dataset": True}`).
+    The loss is the mean over one micro-batch, not normalised by `num_items_in_batch`: the Trainer divides it by
+    the gradient-accumulation steps (`SigmaPreTrainedModel.accepts_loss_kwargs = False` says the same to it).
     """
+
+    loss_is_scaled_for_ga = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
@@ -67,40 +72,141 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return os.path.join(output_dir, f"checkpoint-{max(steps)}") if steps else None
 
 
-def train_and_save(model, processor, training_args, examples: list[dict], peft_config=None) -> dict:
-    """Runs `SigmaTrainer` (resuming from the last checkpoint in output_dir) and saves the final model
-    (LoRA adapters, if any, merged into it)."""
+def train_and_save(
+    model,
+    processor,
+    training_args,
+    examples: list[dict],
+    peft_config=None,
+    image_sources=(),
+    global_batch_size=None,
+) -> dict:
+    """Runs `SigmaTrainer` (resuming from the last checkpoint in output_dir) and saves the final model (LoRA
+    adapters, if any, merged into it; full weights gathered from every rank under ZeRO-3 / FSDP).
+
+    Args:
+        image_sources: the splits that stage-1 examples point into (`memorization_examples`' `splits`).
+        global_batch_size: when given, per-device batch × processes × accumulation must equal it.
+    """
     if training_args.max_steps <= 0 and training_args.num_train_epochs == 0:
         logger.warning("num_train_epochs=0: stage skipped, the model is saved unchanged (ablation)")
         model.save_pretrained(training_args.output_dir)
         return {"skipped": True}
-    training_args.dataset_kwargs = {"skip_prepare_dataset": True}
-    training_args.remove_unused_columns = False
+    check_global_batch(training_args, global_batch_size)
+    prepare_distributed_args(training_args)
+    saved_dtype = upcast_for_training(model)
+    collator = SigmaCollator(
+        processor, model.config, max_length=training_args.max_length or 1024, image_sources=image_sources
+    )
     trainer = SigmaTrainer(
         model=model,
         args=training_args,
         train_dataset=to_dataset(examples),
-        data_collator=SigmaCollator(processor, model.config, max_length=training_args.max_length or 1024),
+        data_collator=collator,
         processing_class=processor.tokenizer,
         peft_config=peft_config,
     )
+    if peft_config is not None and parameters_are_sharded(trainer):
+        raise ValueError(
+            "LoRA runs need whole weights on every rank to merge: use DDP or ZeRO-2, not ZeRO-3/FSDP"
+        )
     logger.info(
-        "training %d examples on %d process(es), %d per device",
+        "training %d examples on %d process(es), %d per device, global batch %d",
         len(examples),
         training_args.world_size,
         training_args.per_device_train_batch_size,
+        global_batch(training_args),
     )
     last = last_complete_checkpoint(training_args.output_dir)
     if last:
         logger.info("Resuming from %s", last)
     result = trainer.train(resume_from_checkpoint=last)
-    trained = trainer.accelerator.unwrap_model(trainer.model)
-    if hasattr(trained, "merge_and_unload"):  # a peft model: fold the adapters into the weights
-        trained = trained.merge_and_unload()
-    if trainer.is_world_process_zero():
-        trained.save_pretrained(training_args.output_dir)
-    trainer.accelerator.wait_for_everyone()
+    save_final_model(trainer, training_args.output_dir, saved_dtype)
     return result.metrics
 
 
-__all__ = ["SigmaTrainer", "last_complete_checkpoint", "load_checkpoint_weights", "train_and_save"]
+def global_batch(training_args) -> int:
+    """Examples per optimiser step: per-device batch × processes × gradient-accumulation steps."""
+    return (
+        training_args.per_device_train_batch_size
+        * training_args.world_size
+        * training_args.gradient_accumulation_steps
+    )
+
+
+def check_global_batch(training_args, expected: int | None) -> None:
+    """A config that states the paper's global batch fails early when the launch gives another one."""
+    if expected is not None and global_batch(training_args) != expected:
+        raise ValueError(
+            f"global batch {global_batch(training_args)} (per_device_train_batch_size "
+            f"{training_args.per_device_train_batch_size} x {training_args.world_size} process(es) x "
+            f"gradient_accumulation_steps {training_args.gradient_accumulation_steps}) differs from "
+            f"global_batch_size {expected}: change the number of processes or the per-device batch"
+        )
+
+
+def prepare_distributed_args(training_args) -> None:
+    """DDP must look for unused parameters: the similarity head takes no part in stages 1–2, the vision tower none
+    in a text-only batch. transformers turns the search off whenever gradient checkpointing is on, and DDP then
+    fails at step 2 ("Expected to have finished reduction"). transformers' non-reentrant checkpointing (its
+    default) supports the search."""
+    training_args.dataset_kwargs = {"skip_prepare_dataset": True}
+    training_args.remove_unused_columns = False
+    if training_args.ddp_find_unused_parameters is None:
+        training_args.ddp_find_unused_parameters = True
+
+
+def upcast_for_training(model) -> torch.dtype:
+    """Trains fp32 weights (the optimiser's master copy; `bf16: true` autocasts the matmuls) and returns the
+    dtype the weights came in, which the final checkpoint is saved in. A bf16 backbone (`from_pretrained`'s
+    `dtype="auto"`) updated in bf16 would lose every update smaller than its 8-bit mantissa resolves."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    loaded = torch.bfloat16 if torch.bfloat16 in dtypes else next(iter(dtypes), torch.float32)
+    if dtypes - {torch.float32}:
+        logger.info(
+            "weights in %s: training an fp32 copy (saved back in %s)", sorted(map(str, dtypes)), loaded
+        )
+        model.float()
+    return loaded
+
+
+def parameters_are_sharded(trainer) -> bool:
+    """ZeRO-3 or FSDP: no rank holds the whole weights."""
+    if trainer.is_fsdp_enabled:
+        return True
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return bool(trainer.is_deepspeed_enabled and plugin is not None and plugin.zero_stage == 3)
+
+
+def save_final_model(trainer, output_dir: str, dtype: torch.dtype = torch.float32) -> None:
+    """Writes the trained model to output_dir from the main process. Under ZeRO-3/FSDP every rank must take part
+    in gathering the full weights (`accelerator.get_state_dict`); rank 0's own module holds only its shard.
+    The weights are written (and rank 0's model left) in `dtype`, the one they were loaded in."""
+    accelerator = trainer.accelerator
+    trained = accelerator.unwrap_model(trainer.model)
+    if hasattr(trained, "merge_and_unload"):  # a peft model (never sharded here): fold the adapters in
+        trained = trained.merge_and_unload()
+        state_dict = trained.state_dict()
+    else:
+        state_dict = accelerator.get_state_dict(trainer.model)  # collective under ZeRO-3 / FSDP
+    if trainer.is_world_process_zero():
+        state_dict = {
+            name: tensor.to(dtype) if tensor.is_floating_point() else tensor
+            for name, tensor in state_dict.items()
+        }
+        if not parameters_are_sharded(trainer):  # an FSDP module's flat shards are not cast in place
+            trained.to(dtype)  # config.json records the module's dtype, which `dtype="auto"` loads back
+        trained.save_pretrained(output_dir, state_dict=state_dict)
+    accelerator.wait_for_everyone()
+
+
+__all__ = [
+    "SigmaTrainer",
+    "check_global_batch",
+    "global_batch",
+    "last_complete_checkpoint",
+    "load_checkpoint_weights",
+    "save_final_model",
+    "train_and_save",
+    "upcast_for_training",
+]

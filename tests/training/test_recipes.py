@@ -69,7 +69,7 @@ def write_config(workspace, path, **overrides):
             **TRAINER,
             "model_name_or_path": str(out / "stage2"),
             "teacher": encoder,
-            "alignment_replay_fraction": 0.5,  # mixes image rows (no soft label) into stage-3 batches
+            "replay_fraction": 0.5,  # mixes image rows (no soft label) into stage-3 batches
             "train_splits": ["train", "test"],
             "output_dir": str(out / "stage3"),
         },
@@ -232,6 +232,7 @@ def test_real_config_dry_run_with_the_tiny_backbone(workspace, tmp_path, name):
         "per_device_train_batch_size": 2,
         "save_strategy": "no",
         "disable_tqdm": True,
+        "global_batch_size": None,
     }
     config["stage0"].update(
         small,
@@ -269,3 +270,45 @@ def test_real_config_dry_run_with_the_tiny_backbone(workspace, tmp_path, name):
     assert run("evaluation", path)["queries"] == 4
     if config["stage1"].get("use_lora"):  # adapters were merged: a plain SigmaForRetrieval checkpoint
         assert not list((out / "stage3").glob("adapter_*"))
+
+
+@pytest.mark.parametrize("name", REAL_CONFIGS)
+def test_real_configs_give_the_papers_global_batch(name):
+    """Appendix E: batch 64 in stages 1-2 (8 x 4 GPUs x 2), 10 in stage 3 (5 x 2 GPUs). A config that states it
+    makes the recipe refuse a launch with another process count (stage 3 on 4 GPUs gave 20)."""
+    config = yaml.safe_load(open(os.path.join(ROOT, "recipes", "configs", name)))
+    for stage, expected, processes in (("stage1", 64, 4), ("stage2", 64, 4), ("stage3", 10, 2)):
+        section = config[stage]
+        per_step = section["per_device_train_batch_size"] * section.get("gradient_accumulation_steps", 1)
+        assert per_step * processes == expected, (stage, per_step)
+        assert section.get("global_batch_size") in (None, expected)
+        if "lora" not in name:
+            assert section["global_batch_size"] == expected
+
+
+@pytest.mark.parametrize("name", [*REAL_CONFIGS, "tiny-shapes.yaml"])
+def test_config_headers_cite_files_that_exist(name):
+    import re
+
+    text = open(os.path.join(ROOT, "recipes", "configs", name)).read()
+    cited = set(re.findall(r"((?:tests|recipes|docs|benchmarks)/[\w/.-]+\.(?:py|yaml|md))", text))
+    missing = [path for path in cited if not os.path.isfile(os.path.join(ROOT, path))]
+    assert not missing, missing
+
+
+def test_old_replay_name_still_works_with_a_warning(workspace, tmp_path):
+    from modeling_sigma.training.arguments import SigmaStageArguments, stage_replay_fraction
+
+    assert stage_replay_fraction(SigmaStageArguments(), "stage2") == 0.2
+    assert stage_replay_fraction(SigmaStageArguments(), "stage3") == 0.0
+    with pytest.warns(FutureWarning, match="replay_fraction"):
+        assert stage_replay_fraction(SigmaStageArguments(alignment_replay_fraction=0.3), "stage3") == 0.3
+    with pytest.raises(ValueError, match="replay_fraction only"):
+        stage_replay_fraction(
+            SigmaStageArguments(replay_fraction=0.1, alignment_replay_fraction=0.3), "stage3"
+        )
+    config = write_config(workspace, tmp_path / "old.yaml")
+    text = config.read_text().replace("replay_fraction: 0.5", "alignment_replay_fraction: 0.5")
+    config.write_text(text)
+    with pytest.warns(FutureWarning, match="alignment_replay_fraction is deprecated"):
+        run("stage3", config, "--output_dir", str(tmp_path / "stage3-old-name"), "--max_steps", "1")
