@@ -95,6 +95,41 @@ def _top_beams(scores: torch.Tensor, num_beams: int) -> tuple[torch.Tensor, torc
     return values[:, :num_beams], indices[:, :num_beams]  # (batch, num_beams) each
 
 
+def expand_beams(
+    children: SigmaTrieChildren,
+    level: int,
+    nodes: torch.Tensor,
+    scores: torch.Tensor,
+    level_log_probs: torch.Tensor,
+    num_beams: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One constrained beam step: the best `num_beams` children of the current beams (the whole constraint cost).
+
+    Args:
+        children (`SigmaTrieChildren`): CSR child tables, on the device of the other tensors.
+        level (`int`): identifier position being written.
+        nodes (`torch.LongTensor` of shape `(batch, beams)`): trie node of every beam at `level - 1` (0: root).
+        scores (`torch.FloatTensor` of shape `(batch, beams)`): running sums of log-probabilities (`-inf`: empty).
+        level_log_probs (`torch.FloatTensor` of shape `(batch * beams, K_level)`): log-probabilities of the
+            level's identifier tokens, in code order.
+        num_beams (`int`): beams to keep.
+
+    Returns:
+        `(scores, parents, codes, nodes)`: `(batch, num_beams)` new running scores, and per kept beam
+        (`(batch * num_beams,)`) its parent row in `level_log_probs`, its code at `level` and its trie node.
+    """
+    batch, beams = nodes.shape
+    codes, child_nodes, valid = children.gather(level, nodes.reshape(-1))  # (batch * beams, width) each
+    width = codes.shape[1]
+    candidates = (scores.reshape(-1, 1) + level_log_probs.gather(1, codes)).masked_fill(~valid, -torch.inf)
+    scores, choice = _top_beams(candidates.view(batch, beams * width), num_beams)  # (batch, num_beams)
+    choice = choice.clamp(max=beams * width - 1)  # empty padding slots point at a real candidate
+    base = torch.arange(batch, device=nodes.device)[:, None] * (beams * width)  # (batch, 1)
+    slot = (base + choice).view(-1)  # (batch * num_beams,) into the flattened (batch * beams, width)
+    parents = torch.div(slot, width, rounding_mode="floor")
+    return scores, parents, codes.view(-1)[slot], child_nodes.view(-1)[slot]
+
+
 def _step(backbone, tokens, attention_mask, positions, cache, cache_name):
     outputs = backbone.model(
         input_ids=tokens,
@@ -145,45 +180,35 @@ def sigma_beam_search(
     # prefill once per query; text positions follow the mask (left padding), as in SigmaForRetrieval.forward
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (batch, prompt)
     hidden, cache = _step(backbone, input_ids, attention_mask, positions, None, cache_name)
-    codes, nodes, valid = children.gather(0, torch.zeros(batch, 1, dtype=torch.long, device=device))
-    candidates = scorer.level(hidden, 0).gather(1, codes[:, 0])  # (batch, width_0)
-    scores, choice = _top_beams(candidates.masked_fill(~valid[:, 0], -torch.inf), num_beams)
-    code = codes[:, 0].gather(1, choice.clamp(max=codes.shape[-1] - 1)).view(-1)  # (batch * beams,)
-    node = nodes[:, 0].gather(1, choice.clamp(max=codes.shape[-1] - 1)).view(-1)  # (batch * beams,)
-
-    # every beam of a query shares its prompt cache; generated tokens are always attended
-    cache.batch_repeat_interleave(num_beams)
-    rows = batch * num_beams
-    mask = torch.cat([attention_mask, attention_mask.new_ones(batch, length)], dim=1)
-    mask = mask.repeat_interleave(num_beams, dim=0)  # (rows, prompt + length)
-    next_position = attention_mask.long().sum(-1).repeat_interleave(num_beams)[:, None]  # (rows, 1)
-    history = code[:, None]  # (rows, level + 1)
-    state_sum = None
-    beam_base = torch.arange(batch, device=device)[:, None] * num_beams  # (batch, 1)
-    for level in range(1, length + 1):
-        tokens = (code + offsets[level - 1])[:, None]  # (rows, 1)
-        step_mask = mask[:, : prompt_length + level]
-        hidden, cache = _step(backbone, tokens, step_mask, next_position + level - 1, cache, cache_name)
-        state_sum = hidden if state_sum is None else state_sum + hidden  # (rows, hidden)
-        if level == length:
-            break
-        codes, nodes, valid = children.gather(level, node)  # (rows, width) each
-        log_probs = scorer.level(hidden, level).gather(1, codes)  # (rows, width)
-        candidates = (scores.reshape(rows, 1) + log_probs).masked_fill(~valid, -torch.inf)
-        width = codes.shape[1]
-        scores, choice = _top_beams(candidates.view(batch, num_beams * width), num_beams)
-        parent = (beam_base + torch.div(choice, width, rounding_mode="floor")).view(-1)  # (rows,)
-        slot = parent * width + (choice % width).view(-1)  # (rows,) into the flattened (rows, width)
-        code, node = codes.view(-1)[slot], nodes.view(-1)[slot]
+    # every query starts as one beam at the trie root
+    scores = hidden.new_zeros(batch, 1, dtype=torch.float32)
+    node = torch.zeros(batch, 1, dtype=torch.long, device=device)
+    mask = torch.cat(
+        [attention_mask, attention_mask.new_ones(batch, length)], dim=1
+    )  # (batch, prompt + length)
+    next_position = attention_mask.long().sum(-1, keepdim=True)  # (batch, 1)
+    history = torch.zeros(batch, 0, dtype=torch.long, device=device)
+    state_sum = torch.zeros_like(hidden)  # (batch, hidden)
+    for level in range(length):
+        level_log_probs = scorer.level(hidden, level)  # (rows, K_level)
+        scores, parent, code, node = expand_beams(children, level, node, scores, level_log_probs, num_beams)
+        # the first step spreads each query's prompt cache over its beams; later ones follow the parents
         cache.reorder_cache(parent)
-        history = torch.cat([history.index_select(0, parent), code[:, None]], dim=1)
+        mask, next_position = mask.index_select(0, parent), next_position.index_select(0, parent)
+        history = torch.cat([history.index_select(0, parent), code[:, None]], dim=1)  # (rows, level + 1)
         state_sum = state_sum.index_select(0, parent)
+        node = node.view(batch, num_beams)
+        step_mask = mask[:, : prompt_length + level + 1]
+        tokens = (code + offsets[level])[:, None]  # (rows, 1)
+        hidden, cache = _step(backbone, tokens, step_mask, next_position + level, cache, cache_name)
+        state_sum = state_sum + hidden  # last-layer state of the identifier token just written
 
+    rows = batch * num_beams
     final = (scores.reshape(rows) + scorer.end(hidden)).view(batch, num_beams) / (
         length + 1
     ) ** length_penalty
     final, order = torch.sort(final, dim=-1, descending=True, stable=True)  # (batch, beams)
-    pick = (beam_base + order).view(-1)
+    pick = (torch.arange(batch, device=device)[:, None] * num_beams + order).view(-1)  # (rows,)
     pooled = (state_sum / length).index_select(0, pick).view(batch, num_beams, -1)
     return SigmaBeamSearchOutput(
         codes=history.index_select(0, pick).view(batch, num_beams, length),
