@@ -179,8 +179,20 @@ def print_latency(report: dict, batch: int) -> None:
 
 
 # -------------------------------------------------------------------------------------------------- steps
-def run_steps(num_identifiers: int, queries: int, beams: int, repeats: int, vocab_sizes: list[int]) -> dict:
-    """Constraint + beam selection per decode step, per depth, for the engine and the logits processors."""
+def run_steps(
+    num_identifiers: int,
+    queries: int,
+    beams: int,
+    repeats: int,
+    vocab_sizes: list[int],
+    with_processors: bool = True,
+    hidden_size: int = 128,
+) -> dict:
+    """Constraint + beam selection per decode step, per depth, for the engine and the logits processors.
+
+    Also times the LM head each scoring mode needs per step (`hidden_size`-wide states, 320 rows): the level slice
+    (`restricted`) and the full vocabulary with its logsumexp (`exact`); they are model cost, not constraint cost.
+    With `with_processors=False` only the engine rows are measured (no dict trie is built)."""
     sizes, eos, prompt_length = PAPER_LAYOUT, bench_stage0.EOS_TOKEN_ID, bench_stage0.PROMPT_LENGTH
     codes = bench_stage0.paper_codes(num_identifiers, sizes)
     trie = SigmaIdentifierTrie.from_codes(codes, sizes)
@@ -189,17 +201,18 @@ def run_steps(num_identifiers: int, queries: int, beams: int, repeats: int, voca
     rows = queries * beams
     picked = codes[torch.from_numpy(np.random.default_rng(1).choice(len(codes), rows, replace=False))]
     prompt = torch.full((rows, prompt_length), 5, dtype=torch.long)
-    reference = PrefixConstrainedLogitsProcessor(dict_trie_fn(codes, offsets, prompt_length, eos), beams)
-    today = SigmaTrieLogitsProcessor(trie, offsets, prompt_length, eos, num_beams=beams)
+    processors = {}
+    if with_processors:
+        fn = dict_trie_fn(codes, offsets, prompt_length, eos)
+        processors["SigmaTrieLogitsProcessor"] = SigmaTrieLogitsProcessor(
+            trie, offsets, prompt_length, eos, beams
+        )
+        processors["PrefixConstrained + dict"] = PrefixConstrainedLogitsProcessor(fn, beams)
     scores = torch.randn(queries, beams).sort(dim=-1, descending=True).values
     report = {"identifiers": num_identifiers, "beams": rows, "ms_per_step": {}}
     for vocab in vocab_sizes:
         vocab = max(vocab, bench_stage0.BASE_VOCAB + sum(sizes))
-        per_depth = {
-            "engine expand_beams": [],
-            "SigmaTrieLogitsProcessor": [],
-            "PrefixConstrained + dict": [],
-        }
+        per_depth = {"engine expand_beams": [], **{name: [] for name in processors}}
         for depth in range(len(sizes)):
             nodes = trie.prefix_nodes(picked[:, :depth]) if depth else torch.zeros(rows, dtype=torch.long)
             level_log_probs = torch.randn(rows, sizes[depth]).log_softmax(-1)  # what the level slice gives
@@ -210,17 +223,38 @@ def run_steps(num_identifiers: int, queries: int, beams: int, repeats: int, voca
             input_ids = torch.cat([prompt, picked[:, :depth] + torch.tensor(offsets[:depth])], dim=1)
             logits = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(depth))
             slow = vocab > 100_000
-            for name, processor in (
-                ("SigmaTrieLogitsProcessor", today),
-                ("PrefixConstrained + dict", reference),
-            ):
+            for name, processor in processors.items():
                 call = partial(_processor_step, processor, input_ids, logits, scores, queries, beams)
                 per_depth[name].append(median_ms(call, 3 if slow else max(3, repeats // 5)))
             del logits
         report["ms_per_step"][vocab] = {name: float(np.mean(times)) for name, times in per_depth.items()}
+        report["ms_per_step"][vocab].update(lm_head_ms(rows, hidden_size, vocab, sizes, max(repeats, 20)))
         report.setdefault("per_depth", {})[vocab] = per_depth
     print_steps(report)
     return report
+
+
+def lm_head_ms(rows: int, hidden_size: int, vocab: int, sizes: list[int], repeats: int) -> dict:
+    """Per-step LM head of each scoring mode: a `K`-row slice (restricted) or all rows + logsumexp (exact)."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(vocab, hidden_size, generator=generator) / hidden_size**0.5
+    hidden = torch.randn(rows, hidden_size, generator=generator)
+    first, size = bench_stage0.BASE_VOCAB, max(sizes)
+    restricted = partial(_restricted_head, hidden, weight[first : first + size])
+    exact = partial(_exact_head, hidden, weight, first, size)
+    return {
+        "LM head, level slice (restricted)": median_ms(restricted, repeats),
+        "LM head, full + logsumexp (exact)": median_ms(exact, 3 if vocab > 100_000 else repeats),
+    }
+
+
+def _restricted_head(hidden, weight) -> torch.Tensor:
+    return torch.log_softmax(torch.nn.functional.linear(hidden, weight), dim=-1)
+
+
+def _exact_head(hidden, weight, first, size) -> torch.Tensor:
+    logits = torch.nn.functional.linear(hidden, weight)
+    return logits[:, first : first + size] - torch.logsumexp(logits, dim=-1, keepdim=True)
 
 
 def _processor_step(processor, input_ids, logits, scores, queries, beams) -> None:
@@ -239,8 +273,10 @@ def print_steps(report: dict) -> None:
     for name in report["ms_per_step"][vocabs[0]]:
         print(f"{name:<30}" + "".join(f"{report['ms_per_step'][v][name]:>22.3f}" for v in vocabs))
     engine = [report["ms_per_step"][v]["engine expand_beams"] for v in vocabs]
-    dict_ms = [report["ms_per_step"][v]["PrefixConstrained + dict"] for v in vocabs]
     print(f"engine, large / tiny vocabulary: {engine[-1] / engine[0]:.2f}x (target <= 1.2x)")
+    if "PrefixConstrained + dict" not in report["ms_per_step"][vocabs[0]]:
+        return
+    dict_ms = [report["ms_per_step"][v]["PrefixConstrained + dict"] for v in vocabs]
     for vocab, ours, theirs in zip(vocabs, engine, dict_ms):
         print(
             f"engine vs PrefixConstrained + dict trie at {vocab:,}: {theirs / ours:.0f}x faster (target >= 20x)"
