@@ -15,7 +15,10 @@ Two scoring modes:
 
 - `"exact"`: log-probabilities normalised over the full vocabulary plus the end-of-sequence step, divided by
   `(L + 1) ** length_penalty` exactly like `generate(num_beams=...)` under `SigmaTrieLogitsProcessor`: same
-  identifiers, order and scores as the `generate` path. Costs one full LM-head row per beam and step.
+  identifiers, order and scores as the `generate` path (ties excepted: `generate` leaves their order to `topk`,
+  the engine gives them to the smaller identifier), as long as the generation config adds no logits processor of
+  its own (e.g. a `repetition_penalty`, which `generate` would apply and the engine does not). Costs one full
+  LM-head row per beam and step.
 - `"restricted"`: log-softmax over the level's `K_p` identifier tokens only (the end token then has probability
   one), divided by the same `(L + 1) ** length_penalty`. Never computes the full LM head, so its cost does not
   depend on the vocabulary size.
@@ -32,7 +35,7 @@ from torch import nn
 
 from .trie import SigmaTrieChildren
 
-__all__ = ["SCORING_MODES", "SigmaBeamSearchOutput", "sigma_beam_search"]
+__all__ = ["SCORING_MODES", "SigmaBeamSearchOutput", "expand_beams", "sigma_beam_search"]
 
 SCORING_MODES = ("exact", "restricted")
 
