@@ -147,6 +147,9 @@ def run_latency(model, processor, sizes: list[int], repeats: int) -> dict:
         for (name, size), values in figures.items():
             report["ms"].setdefault(str(batch), {}).setdefault(name, {})[size] = values
         print_latency(report, batch)
+    for size, parts in report["bytes_per_image"].items():
+        cells = ", ".join(f"{name} {value:.1f}" for name, value in parts.items())
+        print(f"SIGMA index at {size:,} ids: {sum(parts.values()):.1f} B per image ({cells})")
     return report
 
 
