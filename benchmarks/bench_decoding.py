@@ -25,22 +25,21 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from functools import partial
 
+# the sibling bench_*.py modules import as top-level modules (`python benchmarks/bench_decoding.py` puts this
+# folder first on sys.path)
+import bench_retrieval
+import bench_stage0
 import numpy as np
 import torch
 from transformers import PrefixConstrainedLogitsProcessor
 
+from modeling_sigma.modeling.decoding import expand_beams
+from modeling_sigma.modeling.trie import SigmaIdentifierTrie, SigmaTrieLogitsProcessor
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-
-import bench_retrieval  # noqa: E402
-import bench_stage0  # noqa: E402
-
-from modeling_sigma.modeling.decoding import expand_beams  # noqa: E402
-from modeling_sigma.modeling.trie import SigmaIdentifierTrie, SigmaTrieLogitsProcessor  # noqa: E402
 
 PAPER_LAYOUT = [64, 32, 16, 32, 64]
 QWEN_VOCAB = 151_665
@@ -104,14 +103,15 @@ def load_model(checkpoint: str | None):
     return model.eval(), processor, "fresh embedded model (untrained)"
 
 
-def index_bytes(model) -> dict:
-    """Bytes of the searchable index: trie keys + CSR child tables, and the codebook tensors."""
-    trie = model.trie
-    tensors = [model.codebook_codes, model._codebook_keys, model._codebook_order]
+def index_bytes(index) -> dict:
+    """Bytes of a `SigmaIndex`: trie keys, CSR child tables, the code rows and the sorted key lookup (one key and
+    one int64 row per image); the image-id strings are left out, as for every system."""
+    trie, codes = index.trie, index.codes
+    key_bytes = torch.empty(0, dtype=trie.key_dtype).element_size()
     return {
         "trie": trie.nbytes,
         "children": trie.children_tables().nbytes,
-        "codebook": sum(t.numel() * t.element_size() for t in tensors),
+        "codebook": codes.numel() * codes.element_size() + len(index) * (key_bytes + 8),
     }
 
 
@@ -124,9 +124,9 @@ def run_latency(model, processor, sizes: list[int], repeats: int) -> dict:
     for size in sizes:
         codes = bench_retrieval.random_identifiers(size, layout.sizes)
         model.set_index(codes, [f"img{i}" for i in range(size)])
-        model.trie.children_tables()  # built once, as at load time
+        model.index.trie.children_tables()  # built once, as at load time
         indexes[size] = {name: getattr(model, name) for name in bench_retrieval.INDEX_ATTRIBUTES}
-        report["bytes_per_image"][size] = {k: v / size for k, v in index_bytes(model).items()}
+        report["bytes_per_image"][size] = {k: v / size for k, v in index_bytes(model.index).items()}
         references[size] = codes
     for batch in (1, 32):
         inputs = processor.process_queries(queries[:batch], prompt=model.config.retrieval_prompt)
@@ -394,16 +394,16 @@ def run_quality(model, cache_dir: str, batch_size: int) -> dict:
 
     test = load_corpus("tiny-shapes", cache_dir=cache_dir)["test"]
     queries, owners = caption_pairs(test)
-    index_split(model, test)
+    gallery = index_split(model, test)
     relevant = [test["image_id"][owner] for owner in owners]
-    report, hits = {"queries": len(queries), "images": len(model.image_ids)}, {}
+    report, hits = {"queries": len(queries), "images": len(gallery)}, {}
     for name, kwargs in (
         ("exact", {}),
         ("restricted", {"scoring": "restricted"}),
         ("generate", {"engine": "generate"}),
     ):
         start = time.perf_counter()
-        hits[name] = model.retrieve(queries, k=10, batch_size=batch_size, **kwargs)
+        hits[name] = model.retrieve(queries, k=10, batch_size=batch_size, index=gallery, **kwargs)
         rankings = [[hit["image_id"] for hit in query_hits] for query_hits in hits[name]]
         report[name] = {**recall_at_k(rankings, relevant), "seconds": time.perf_counter() - start}
     same = [

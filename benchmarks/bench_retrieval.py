@@ -47,7 +47,7 @@ def load_captions() -> list[str]:
         return FALLBACK_CAPTIONS
 
 
-INDEX_ATTRIBUTES = ("trie", "codebook_codes", "image_ids", "_codebook_keys", "_codebook_order")
+INDEX_ATTRIBUTES = ("index",)  # what `set_index` installs on the model (one `SigmaIndex`)
 
 
 def interleaved_p50(
@@ -92,7 +92,7 @@ def main():
     for size in args.sizes:
         model.set_index(random_identifiers(size, layout.sizes), [f"img{i}" for i in range(size)])
         indexes[size] = {name: getattr(model, name) for name in INDEX_ATTRIBUTES}
-        bytes_per_id[size] = model.trie.nbytes / size
+        bytes_per_id[size] = model.index.trie.nbytes / size
     single = interleaved_p50(model, indexes, queries[:1], args.repeats, args.k, **options)
     batch = interleaved_p50(model, indexes, queries[:32], max(3, args.repeats // 3), args.k, **options)
     rows = [(size, bytes_per_id[size], single[size], batch[size]) for size in args.sizes]
