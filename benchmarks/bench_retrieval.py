@@ -4,7 +4,9 @@
 
 Builds the embedded tiny SIGMA model (default identifier layout 64/32/16/32/64), installs 1K / 100K / 1M random
 identifiers and times `model.retrieve(queries, k=10)` for batch 1 and batch 32. Target: p50 at 1M <= 1.1 x p50
-at 1K (the trie lookup must not grow with the index).
+at 1K (the trie lookup must not grow with the index). `--engine generate` times transformers' beam search path
+instead of the identifier engine, `--scoring restricted` the engine's restricted mode; the side-by-side table of
+every path is `benchmarks/bench_decoding.py`.
 """
 
 import argparse
@@ -45,18 +47,22 @@ def load_captions() -> list[str]:
         return FALLBACK_CAPTIONS
 
 
-INDEX_ATTRIBUTES = ("trie", "codebook_codes", "image_ids", "_codebook_keys", "_codebook_order")
+INDEX_ATTRIBUTES = ("index",)  # what `set_index` installs on the model (one `SigmaIndex`)
 
 
-def interleaved_p50(model, indexes: dict, queries: list[str], repeats: int, k: int) -> dict[int, float]:
-    """Median latency (ms) per index size; sizes alternate every repeat so machine load hits them all alike."""
+def interleaved_p50(
+    model, indexes: dict, queries: list[str], repeats: int, k: int, **retrieve_kwargs
+) -> dict[int, float]:
+    """Median latency (ms) per index size; sizes alternate every repeat so machine load hits them all alike.
+
+    `retrieve_kwargs` go to `model.retrieve` (e.g. `engine="generate"` or `scoring="restricted"`)."""
     timings = {size: [] for size in indexes}
     for repeat in range(repeats + 1):
         for size, state in indexes.items():
             for name, value in state.items():
                 setattr(model, name, value)
             start = time.perf_counter()
-            model.retrieve(queries, k=k, batch_size=len(queries))
+            model.retrieve(queries, k=k, batch_size=len(queries), **retrieve_kwargs)
             if repeat:  # the first round is warm-up
                 timings[size].append(time.perf_counter() - start)
     return {size: statistics.median(values) * 1000 for size, values in timings.items()}
@@ -68,7 +74,10 @@ def main():
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--engine", choices=["sigma", "generate"], default="sigma")
+    parser.add_argument("--scoring", choices=["exact", "restricted"], default="exact")
     args = parser.parse_args()
+    options = {"engine": args.engine, "scoring": args.scoring}
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     layout = SigmaIdentifierLayout()
@@ -83,10 +92,11 @@ def main():
     for size in args.sizes:
         model.set_index(random_identifiers(size, layout.sizes), [f"img{i}" for i in range(size)])
         indexes[size] = {name: getattr(model, name) for name in INDEX_ATTRIBUTES}
-        bytes_per_id[size] = model.trie.nbytes / size
-    single = interleaved_p50(model, indexes, queries[:1], args.repeats, args.k)
-    batch = interleaved_p50(model, indexes, queries[:32], max(3, args.repeats // 3), args.k)
+        bytes_per_id[size] = model.index.trie.nbytes / size
+    single = interleaved_p50(model, indexes, queries[:1], args.repeats, args.k, **options)
+    batch = interleaved_p50(model, indexes, queries[:32], max(3, args.repeats // 3), args.k, **options)
     rows = [(size, bytes_per_id[size], single[size], batch[size]) for size in args.sizes]
+    print(f"\nretrieve(engine={args.engine!r}, scoring={args.scoring!r})")
     print(f"\n{'identifiers':>12} | {'trie B/id':>9} | {'p50 batch 1 (ms)':>16} | {'p50 batch 32 (ms)':>17}")
     print("-" * 65)
     for size, bytes_per_id, single, batch in rows:

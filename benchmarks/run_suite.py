@@ -39,6 +39,7 @@ from types import SimpleNamespace
 
 # The sibling bench_*.py modules import as top-level modules: `python benchmarks/run_suite.py` puts this folder
 # first on sys.path (and pytest's `pythonpath` setting does for the tests).
+import bench_decoding
 import bench_index
 import bench_retrieval
 import bench_stage0
@@ -151,6 +152,12 @@ def run_latency(sizes: list[int], repeats: int, dims: list[int]) -> dict:
         )
         for batch in (1, 32)
     }
+    generate_path = {  # transformers' beam search + a second forward: the path before the decoding engine
+        batch: bench_retrieval.interleaved_p50(
+            model, indexes, QUERIES[:batch], repeats if batch == 1 else 3, 10, engine="generate"
+        )
+        for batch in (1, 32)
+    }
     del indexes
 
     encoder = load_encoder("tiny-clip", cache_dir=os.path.join(ROOT, "outputs", "cache"))
@@ -173,11 +180,13 @@ def run_latency(sizes: list[int], repeats: int, dims: list[int]) -> dict:
         "sizes": sizes,
         "tiny_clip_dim": tiny_dim,
         "generative_ms": {},
+        "generate_path_ms": {},
         "faiss_flat_ms": {},
         "crossover": {},
     }
     for batch in (1, 32):  # string keys, as they come back from the JSON file
         report["generative_ms"][str(batch)] = [generative[batch][size] for size in sizes]
+        report["generate_path_ms"][str(batch)] = [generate_path[batch][size] for size in sizes]
         typical = statistics.median(report["generative_ms"][str(batch)])  # flat in N
         for dim, times in flat.items():
             report["faiss_flat_ms"].setdefault(str(dim), {})[str(batch)] = times[batch]
@@ -212,8 +221,10 @@ def run_constraint(num_identifiers: int, repeats: int) -> dict:
     trie = bench_stage0.bench_trie(
         bench_stage0.paper_codes(num_identifiers, PAPER_LAYOUT), PAPER_LAYOUT, "paper", args
     )
+    engine = bench_decoding.run_steps(num_identifiers, 32, 10, 20, [0, 151_665], with_processors=False)
     report["processor_ms_per_step"] = {
-        str(vocab): methods for vocab, methods in trie.pop("ms_per_step").items()
+        str(vocab): {**methods, **engine["ms_per_step"].get(vocab, {})}
+        for vocab, methods in trie.pop("ms_per_step").items()
     }
     report["trie"] = trie
     return report
@@ -268,12 +279,15 @@ def efficiency_tables(efficiency: dict) -> str:
     latency = efficiency["latency"]
     dims = list(latency["faiss_flat_ms"])
     header = " | ".join(f"faiss flat {dim}-d, b{b} (ms)" for b in (1, 32) for dim in dims)
+    before = latency.get("generate_path_ms", {})  # absent in reports written before the decoding engine
+    before_header = " SIGMA-tiny via generate, b1 (ms) | b32 (ms) |" if before else ""
     lines = [
-        f"| corpus size | SIGMA-tiny, b1 (ms) | SIGMA-tiny, b32 (ms) | {header} |",
-        "|---" * (3 + 2 * len(dims)) + "|",
+        f"| corpus size | SIGMA-tiny, b1 (ms) | SIGMA-tiny, b32 (ms) |{before_header} {header} |",
+        "|---" * (3 + 2 * bool(before) + 2 * len(dims)) + "|",
     ]
     for i, size in enumerate(latency["sizes"]):
         cells = [f"{latency['generative_ms'][b][i]:.1f}" for b in ("1", "32")]
+        cells += [f"{before[b][i]:.1f}" for b in ("1", "32")] if before else []
         cells += [f"{latency['faiss_flat_ms'][dim][b][i]:.1f}" for b in ("1", "32") for dim in dims]
         lines.append(f"| {size:,} | " + " | ".join(cells) + " |")
     lines.append("")
@@ -351,7 +365,14 @@ def draw_plots(report: dict) -> list[str]:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for ax, batch in zip(axes, (1, 32)):
             batch_key = str(batch)
-            ax.plot(sizes, latency["generative_ms"][batch_key], "o-", label="SIGMA-tiny (trie beam search)")
+            ax.plot(sizes, latency["generative_ms"][batch_key], "o-", label="SIGMA-tiny (decoding engine)")
+            if "generate_path_ms" in latency:
+                ax.plot(
+                    sizes,
+                    latency["generate_path_ms"][batch_key],
+                    "^-",
+                    label="SIGMA-tiny (transformers generate)",
+                )
             for dim, times in latency["faiss_flat_ms"].items():
                 ax.plot(sizes, times[batch_key], "s--", label=f"two-tower, faiss flat {dim}-d")
                 cross = latency["crossover"][dim][batch_key]

@@ -14,6 +14,7 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLForCond
 from transformers.utils import ModelOutput, cached_file
 
 from .configuration_sigma import SigmaConfig, register_sigma_config
+from .decoding import SCORING_MODES, sigma_beam_search
 from .file_utils import restore_interrupted_folder
 from .index import INDEX_FOLDER_NAME, SigmaIndex
 from .index import METADATA_FILE as INDEX_METADATA_FILE
@@ -419,6 +420,8 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
         batch_size: int = 32,
         processor=None,
         index: SigmaIndex | None = None,
+        scoring: str = "exact",
+        engine: str = "sigma",
     ) -> list[list[dict]]:
         """Top-`k` distinct indexed images per text query, best beam first.
 
@@ -431,10 +434,18 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
             processor (`SigmaProcessor`, *optional*): defaults to the processor loaded with the model.
             index (`SigmaIndex`, *optional*): the images to search (e.g. a gallery or an open-set index);
                 defaults to `model.index`.
+            scoring (`str`, *optional*, defaults to `"exact"`): `"exact"` scores beams by log-probabilities over the
+                full vocabulary (the scores of `generate`); `"restricted"` normalises each level over its identifier
+                tokens only and never computes the full LM head (see `modeling.decoding`).
+            engine (`str`, *optional*, defaults to `"sigma"`): `"sigma"` runs the identifier beam search of
+                `modeling.decoding` (one prefill per query, similarity from the decoding states); `"generate"`
+                runs transformers' beam search with `SigmaTrieLogitsProcessor` and a second forward for the
+                similarity (the reference path; `"exact"` scoring only).
 
         Returns:
-            One list per query of `{"image_id", "identifier", "score", "similarity"}` dicts: `score` is the beam
-            log-probability, `similarity` the similarity head's score of the query with that identifier.
+            One list per query of `{"image_id", "identifier", "score", "similarity"}` dicts: `score` is the
+            length-normalised beam log-probability, `similarity` the similarity head's score of the query with
+            that identifier.
         """
         processor = processor if processor is not None else self.processor
         if processor is None:
@@ -453,16 +464,18 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
         if num_beams is not None and num_beams < k:
             raise ValueError(f"num_beams={num_beams} must be >= k={k}")
         num_beams = num_beams or max(self.config.num_beams, k)
+        if scoring not in SCORING_MODES:
+            raise ValueError(f"scoring must be one of {SCORING_MODES}, got {scoring!r}")
+        if engine not in ("sigma", "generate") or (engine == "generate" and scoring != "exact"):
+            raise ValueError(f"engine must be 'sigma' or 'generate' (exact scoring only), got {engine!r}")
+        decode = self._generate_hits if engine == "generate" else self._decode_hits
         results = []
         for start in range(0, len(queries), batch_size):
-            results.extend(
-                self._retrieve_batch(
-                    list(queries[start : start + batch_size]), k, num_beams, processor, index
-                )
-            )
+            inputs = self._query_inputs(list(queries[start : start + batch_size]), processor)
+            results.extend(decode(inputs, k, num_beams, scoring, index))
         return results
 
-    def _retrieve_batch(self, queries, k, num_beams, processor, index) -> list[list[dict]]:
+    def _query_inputs(self, queries, processor) -> dict:
         inputs = processor.process_queries(queries, prompt=self.config.retrieval_prompt)
         lengths = inputs["attention_mask"].sum(dim=-1)  # (batch,)
         if (lengths > self.config.max_query_length).any():
@@ -471,8 +484,39 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
                 f"query {index} is {int(lengths[index])} prompt tokens, more than "
                 f"max_query_length={self.config.max_query_length}"
             )
-        input_ids = inputs["input_ids"].to(self.device)  # (batch, prompt)
-        attention_mask = inputs["attention_mask"].to(self.device)  # (batch, prompt)
+        return {
+            "input_ids": inputs["input_ids"].to(self.device),  # (batch, prompt)
+            "attention_mask": inputs["attention_mask"].to(self.device),  # (batch, prompt)
+        }
+
+    def _decode_hits(self, inputs, k, num_beams, scoring, index) -> list[list[dict]]:
+        """Identifier beam search of `modeling.decoding`; similarity from the states written while decoding."""
+        output = sigma_beam_search(
+            self.backbone,
+            inputs["input_ids"],
+            inputs["attention_mask"],
+            index.trie.children_tables(),
+            self.config.identifier_token_offsets,
+            num_beams,
+            scoring=scoring,
+            eos_token_id=self.config.eos_token_id,
+            length_penalty=_length_penalty(self.backbone.generation_config),
+            cache_name=CACHE_NAME,
+        )
+        batch, length = output.codes.shape[0], self.config.layout.length
+        similarity = self.similarity_head(output.pooled[:, :k]).float().cpu()  # (batch, k)
+        codes, scores, valid = (
+            output.codes[:, :k].cpu(),
+            output.scores[:, :k].cpu(),
+            output.valid[:, :k].cpu(),
+        )
+        rows = index.lookup(codes.reshape(-1, length)).view(batch, k).masked_fill(~valid, -1)  # (batch, k)
+        return [self._format_hits(index, codes[i], rows[i], scores[i], similarity[i]) for i in range(batch)]
+
+    def _generate_hits(self, inputs, k, num_beams, scoring, index) -> list[list[dict]]:
+        """transformers' beam search with `SigmaTrieLogitsProcessor`, then a forward for the similarity head."""
+        input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
+        queries = range(input_ids.shape[0])
         output = self.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -516,6 +560,12 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
             for code, row, score, sim in zip(codes, rows, scores, similarity)
             if int(row) >= 0
         ]
+
+
+def _length_penalty(generation_config) -> float:
+    """The length penalty `generate` applies to beam scores (1.0 when the generation config leaves it unset)."""
+    value = getattr(generation_config, "length_penalty", None)
+    return 1.0 if value is None else float(value)
 
 
 SigmaForRetrieval.register_for_auto_class("AutoModel")

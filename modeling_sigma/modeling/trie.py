@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from transformers import LogitsProcessor
 
-__all__ = ["SigmaIdentifierTrie", "SigmaTrieLogitsProcessor", "prefix_allowed_tokens_fn"]
+__all__ = ["SigmaIdentifierTrie", "SigmaTrieChildren", "SigmaTrieLogitsProcessor", "prefix_allowed_tokens_fn"]
 
 _INT32_LIMIT = 2**31 - 1
 # torch runs `searchsorted` over more than 200 values as an OpenMP parallel region; on an oversubscribed CPU each
@@ -51,6 +51,7 @@ class SigmaIdentifierTrie:
             self._weights.append(torch.tensor(weights, dtype=torch.int64))
             self._lower.append(torch.zeros(d, dtype=torch.int64))
             self._upper.append(torch.tensor(self.sizes[:d], dtype=torch.int64) - 1)
+        self._children: SigmaTrieChildren | None = None
 
     @classmethod
     def from_codes(cls, codes: torch.Tensor, sizes: Sequence[int]) -> "SigmaIdentifierTrie":
@@ -109,6 +110,7 @@ class SigmaIdentifierTrie:
         codes = self._check_codes(codes)
         for level, new_keys in enumerate(self._prefix_keys(codes)):
             self.keys[level] = torch.unique(torch.cat([self.keys[level], new_keys]))
+        self._children = None
 
     def delete(self, codes: torch.Tensor) -> None:
         """Remove identifier rows; rows that are not present are ignored. Empty branches are pruned."""
@@ -120,6 +122,7 @@ class SigmaIdentifierTrie:
             # a prefix survives iff at least one child survives; children are sorted so parents are too
             parents = torch.div(self.keys[level + 1], self.sizes[level + 1], rounding_mode="floor")
             self.keys[level] = torch.unique_consecutive(parents)
+        self._children = None
 
     # --------------------------------------------------------------- queries
     def __len__(self) -> int:
@@ -233,6 +236,31 @@ class SigmaIdentifierTrie:
         children = stored.index_select(0, index.view(-1)).view(index.shape).to(torch.int64)
         return children - base[:, None], counts > 0, None
 
+    # ----------------------------------------------------------- child tables
+    def children_tables(self) -> "SigmaTrieChildren":
+        """CSR child tables of the trie (built on first use, rebuilt after `insert` / `delete`)."""
+        if self._children is None or self._children.keys_seen is not self.keys[-1]:
+            self._children = SigmaTrieChildren.from_trie(self)
+        return self._children
+
+    def prefix_nodes(self, prefixes: torch.Tensor) -> torch.Tensor:
+        """Node index of every prefix in its level of `children_tables()` (`-1` where it is not stored).
+
+        Args:
+            prefixes (`torch.LongTensor` of shape `(batch, depth_so_far)`), `1 <= depth_so_far <= len(sizes)`.
+        """
+        prefixes = torch.as_tensor(prefixes).to(torch.int64)
+        depth = prefixes.shape[1]
+        if not 1 <= depth <= self.depth:
+            raise ValueError(f"prefixes must hold 1 to {self.depth} codes, got {depth}")
+        safe = torch.clamp(prefixes, self._lower[depth], self._upper[depth])
+        valid = (safe == prefixes).all(dim=-1)
+        keys = self._prefix_keys(torch.cat([safe, safe.new_zeros(len(safe), self.depth - depth)], 1))
+        keys = keys[depth - 1]
+        found = self._members(depth - 1, keys) & valid
+        position = torch.searchsorted(self.keys[depth - 1], keys)
+        return torch.where(found, position, torch.full_like(position, -1))
+
     # ---------------------------------------------------------------- saving
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors that fully describe the trie (safe to write with safetensors)."""
@@ -248,6 +276,91 @@ class SigmaIdentifierTrie:
 
     def __repr__(self) -> str:
         return f"SigmaIdentifierTrie(sizes={self.sizes}, identifiers={len(self)}, nbytes={self.nbytes})"
+
+
+class SigmaTrieChildren:
+    """Children of every trie node as CSR tables, for decoding without a vocabulary-wide mask.
+
+    Level `d` lists the stored prefixes of length `d + 1` in key order (its nodes). The children of node `i` of
+    level `d - 1` are the nodes `offsets[d][i] : offsets[d][i + 1]` of level `d`; level 0 hangs below one root
+    (node 0 of a virtual level -1, `offsets[0] = [0, len(level 0)]`). `codes[d]` holds the code of each node at
+    position `d` and `widths[d]` the largest child count, so one gather of static width lists the children of a
+    whole batch of beams.
+
+    Args:
+        codes (`list[torch.IntTensor]`): per level, the code of every node (`(num_nodes_d,)`).
+        offsets (`list[torch.IntTensor]`): per level, `(num_nodes_{d-1} + 1,)` start of each parent's children.
+        widths (`list[int]`): per level, the largest number of children of one parent.
+        sizes (`list[int]`): number of possible codes at each position (the trie's `sizes`).
+    """
+
+    def __init__(self, codes: list[torch.Tensor], offsets: list[torch.Tensor], widths: list[int], sizes):
+        self.codes, self.offsets, self.widths = codes, offsets, [int(width) for width in widths]
+        self.sizes = [int(size) for size in sizes]
+        self.keys_seen = None
+        self._by_device: dict = {}
+
+    @classmethod
+    def from_trie(cls, trie: SigmaIdentifierTrie) -> "SigmaTrieChildren":
+        """Build the tables from a trie's sorted level keys (one `searchsorted` per level)."""
+        codes, offsets, widths, num_parents = [], [], [], 1
+        for level, keys in enumerate(trie.keys):
+            keys = keys.to(torch.int64)
+            if level == 0:
+                parents = torch.zeros_like(keys)
+            else:
+                parent_keys = torch.div(keys, trie.sizes[level], rounding_mode="floor")
+                parents = torch.searchsorted(trie.keys[level - 1].to(torch.int64), parent_keys)
+            counts = torch.bincount(parents, minlength=num_parents)  # (num_parents,)
+            offsets.append(torch.cat([counts.new_zeros(1), counts.cumsum(0)]).to(torch.int32))
+            codes.append((keys % trie.sizes[level]).to(torch.int32))
+            widths.append(max(int(counts.max()) if counts.numel() else 0, 1))
+            num_parents = keys.numel()
+        tables = cls(codes, offsets, widths, trie.sizes)
+        tables.keys_seen = trie.keys[-1]
+        return tables
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the tables (on top of the trie's keys)."""
+        return sum(t.numel() * t.element_size() for t in (*self.codes, *self.offsets))
+
+    def to(self, device) -> "SigmaTrieChildren":
+        """The same tables on `device` (copied once per device, then reused)."""
+        device = torch.device(device)
+        if device == self.codes[0].device:
+            return self
+        if device not in self._by_device:
+            moved = SigmaTrieChildren(
+                [t.to(device) for t in self.codes],
+                [t.to(device) for t in self.offsets],
+                self.widths,
+                self.sizes,
+            )
+            moved.keys_seen = self.keys_seen
+            self._by_device[device] = moved
+        return self._by_device[device]
+
+    def gather(self, level: int, parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Children at `level` of parent nodes of `level - 1` (`parents` of any shape; the root is node 0 of -1).
+
+        Returns:
+            `(codes, nodes, valid)`, each of shape `parents.shape + (widths[level],)`: the child codes in increasing
+            order, their node indices at `level`, and which of the `widths[level]` slots hold a child. Padding slots
+            repeat a valid node index (or 0) so that they can be gathered safely.
+        """
+        offsets, width = self.offsets[level], self.widths[level]
+        parents = parents.clamp(0, offsets.numel() - 2).long()
+        start = offsets.index_select(0, parents.reshape(-1)).view(parents.shape).long()
+        end = offsets.index_select(0, parents.reshape(-1) + 1).view(parents.shape).long()
+        nodes = start.unsqueeze(-1) + torch.arange(width, device=parents.device)  # (..., width)
+        valid = nodes < end.unsqueeze(-1)
+        nodes = torch.minimum(nodes, (end - 1).clamp(min=0).unsqueeze(-1)).clamp_(
+            max=self.codes[level].numel() - 1
+        )
+        nodes = nodes.clamp_(min=0)
+        codes = self.codes[level].index_select(0, nodes.reshape(-1)).view(nodes.shape).long()
+        return codes, nodes, valid
 
 
 def _searchsorted(stored: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

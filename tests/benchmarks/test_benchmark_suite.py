@@ -108,3 +108,12 @@ def test_report_renders_tables_and_plots(tmp_path, monkeypatch):
         f"crossover, faiss flat 64-d vs SIGMA-tiny, batch 1: N ≈ {size:,}, within the measured range"
         in markdown
     )
+
+
+def test_efficiency_table_shows_the_generate_path_next_to_the_engine():
+    report = json.loads(json.dumps(fake_report()))
+    latency = report["efficiency"]["latency"]
+    latency["generate_path_ms"] = {"1": [80.0] * 4, "32": [1600.0] * 4}
+    table = run_suite.efficiency_tables(report["efficiency"])
+    assert "| corpus size | SIGMA-tiny, b1 (ms) | SIGMA-tiny, b32 (ms) | SIGMA-tiny via generate, b1" in table
+    assert "| 1,000,000 | 20.0 | 400.0 | 80.0 | 1600.0 |" in table

@@ -1,0 +1,221 @@
+# Copyright 2026 The SIGMA release team. Licensed under the Apache License, Version 2.0.
+"""Constrained beam search for fixed-length identifiers (the retrieval decoding engine).
+
+An identifier has `L` positions and the tokens of position `p` are the contiguous ids `offsets[p] + code`, so
+decoding needs far less than transformers' generic beam search:
+
+- the prompt is encoded once per query and its key/value cache is repeated across the beams afterwards;
+- at level `p` the beams can only continue with children of their trie node: the children are gathered from the
+  trie's CSR tables (`SigmaTrieChildren`), with a static width per level, instead of masking the vocabulary;
+- the logits of level `p` are needed only for that level's `K_p` identifier tokens (a slice of the LM head);
+- the last-layer states of the written identifier tokens are summed while decoding, so the similarity head reads
+  their mean without a second forward pass.
+
+Two scoring modes:
+
+- `"exact"`: log-probabilities normalised over the full vocabulary plus the end-of-sequence step, divided by
+  `(L + 1) ** length_penalty` exactly like `generate(num_beams=...)` under `SigmaTrieLogitsProcessor`: same
+  identifiers, order and scores as the `generate` path (ties excepted: `generate` leaves their order to `topk`,
+  the engine gives them to the smaller identifier), as long as the generation config adds no logits processor of
+  its own (e.g. a `repetition_penalty`, which `generate` would apply and the engine does not). Costs one full
+  LM-head row per beam and step.
+- `"restricted"`: log-softmax over the level's `K_p` identifier tokens only (the end token then has probability
+  one), divided by the same `(L + 1) ** length_penalty`. Never computes the full LM head, so its cost does not
+  depend on the vocabulary size.
+
+The loop runs `L + 1` forward passes (prefill + one per identifier token) with no host synchronisation: the trie
+widths are Python ints fixed when the tables are built. This module imports only torch and its siblings because
+it travels with checkpoints as remote code.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .trie import SigmaTrieChildren
+
+__all__ = ["SCORING_MODES", "SigmaBeamSearchOutput", "expand_beams", "sigma_beam_search"]
+
+SCORING_MODES = ("exact", "restricted")
+
+
+@dataclass
+class SigmaBeamSearchOutput:
+    """Beams of a constrained identifier search, best first per query.
+
+    Args:
+        codes (`torch.LongTensor` of shape `(batch, num_beams, length)`): identifier codes of each beam.
+        scores (`torch.FloatTensor` of shape `(batch, num_beams)`): length-normalised beam log-probabilities;
+            `-inf` for slots that hold no identifier (fewer identifiers than beams).
+        valid (`torch.BoolTensor` of shape `(batch, num_beams)`): which slots hold an indexed identifier.
+        pooled (`torch.FloatTensor` of shape `(batch, num_beams, hidden)`): mean last-layer state of the
+            identifier tokens of each beam (the input of the similarity head).
+    """
+
+    codes: torch.Tensor
+    scores: torch.Tensor
+    valid: torch.Tensor
+    pooled: torch.Tensor
+
+
+class _LevelScorer:
+    """Log-probabilities of one level's identifier tokens from the last hidden states."""
+
+    def __init__(self, lm_head: nn.Linear, offsets: list[int], sizes: list[int], scoring: str, eos_token_id):
+        if scoring not in SCORING_MODES:
+            raise ValueError(f"scoring must be one of {SCORING_MODES}, got {scoring!r}")
+        self.lm_head, self.offsets, self.sizes, self.scoring = lm_head, offsets, sizes, scoring
+        self.eos_token_id = eos_token_id
+
+    def level(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
+        """`(rows, K_level)` float32 log-probabilities of the level's tokens (code order)."""
+        first, size = self.offsets[level], self.sizes[level]
+        if self.scoring == "exact":
+            logits = self.lm_head(hidden).float()  # (rows, vocab), as generate computes them
+            return logits[:, first : first + size] - torch.logsumexp(logits, dim=-1, keepdim=True)
+        weight = self.lm_head.weight[first : first + size]  # (K_level, hidden)
+        bias = None if self.lm_head.bias is None else self.lm_head.bias[first : first + size]
+        return torch.log_softmax(nn.functional.linear(hidden, weight, bias).float(), dim=-1)
+
+    def end(self, hidden: torch.Tensor) -> torch.Tensor:
+        """`(rows,)` log-probability of the end-of-sequence token after a complete identifier."""
+        if self.scoring == "restricted":  # the only allowed token: probability one
+            return hidden.new_zeros(hidden.shape[0], dtype=torch.float32)
+        logits = self.lm_head(hidden).float()  # (rows, vocab)
+        return logits[:, self.eos_token_id] - torch.logsumexp(logits, dim=-1)
+
+
+def _top_beams(scores: torch.Tensor, num_beams: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best `num_beams` of `(batch, candidates)` (padded with `-inf` when there are fewer candidates).
+
+    A stable sort rather than `topk`: equal scores keep candidate order (beam, then code), so ties always go to
+    the smaller identifier whatever the batch or device (`topk` leaves the order of ties unspecified).
+    """
+    if scores.shape[1] < num_beams:
+        scores = nn.functional.pad(scores, (0, num_beams - scores.shape[1]), value=-torch.inf)
+    values, indices = torch.sort(scores, dim=-1, descending=True, stable=True)
+    return values[:, :num_beams], indices[:, :num_beams]  # (batch, num_beams) each
+
+
+def expand_beams(
+    children: SigmaTrieChildren,
+    level: int,
+    nodes: torch.Tensor,
+    scores: torch.Tensor,
+    level_log_probs: torch.Tensor,
+    num_beams: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One constrained beam step: the best `num_beams` children of the current beams (the whole constraint cost).
+
+    Args:
+        children (`SigmaTrieChildren`): CSR child tables, on the device of the other tensors.
+        level (`int`): identifier position being written.
+        nodes (`torch.LongTensor` of shape `(batch, beams)`): trie node of every beam at `level - 1` (0: root).
+        scores (`torch.FloatTensor` of shape `(batch, beams)`): running sums of log-probabilities (`-inf`: empty).
+        level_log_probs (`torch.FloatTensor` of shape `(batch * beams, K_level)`): log-probabilities of the
+            level's identifier tokens, in code order.
+        num_beams (`int`): beams to keep.
+
+    Returns:
+        `(scores, parents, codes, nodes)`: `(batch, num_beams)` new running scores, and per kept beam
+        (`(batch * num_beams,)`) its parent row in `level_log_probs`, its code at `level` and its trie node.
+    """
+    batch, beams = nodes.shape
+    codes, child_nodes, valid = children.gather(level, nodes.reshape(-1))  # (batch * beams, width) each
+    width = codes.shape[1]
+    candidates = (scores.reshape(-1, 1) + level_log_probs.gather(1, codes)).masked_fill(~valid, -torch.inf)
+    scores, choice = _top_beams(candidates.view(batch, beams * width), num_beams)  # (batch, num_beams)
+    choice = choice.clamp(max=beams * width - 1)  # empty padding slots point at a real candidate
+    base = torch.arange(batch, device=nodes.device)[:, None] * (beams * width)  # (batch, 1)
+    slot = (base + choice).view(-1)  # (batch * num_beams,) into the flattened (batch * beams, width)
+    parents = torch.div(slot, width, rounding_mode="floor")
+    return scores, parents, codes.view(-1)[slot], child_nodes.view(-1)[slot]
+
+
+def _step(backbone, tokens, attention_mask, positions, cache, cache_name):
+    outputs = backbone.model(
+        input_ids=tokens,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        use_cache=True,
+        **{cache_name: cache},
+    )
+    return outputs.last_hidden_state[:, -1], getattr(outputs, cache_name)  # (rows, hidden), cache
+
+
+@torch.no_grad()
+def sigma_beam_search(
+    backbone,
+    input_ids: torch.LongTensor,
+    attention_mask: torch.Tensor,
+    children: SigmaTrieChildren,
+    token_offsets: list[int],
+    num_beams: int,
+    scoring: str = "exact",
+    eos_token_id: int | None = None,
+    length_penalty: float = 1.0,
+    cache_name: str = "cache",
+) -> SigmaBeamSearchOutput:
+    """Constrained beam search over the identifiers of a trie, for text-only left-padded prompts.
+
+    Args:
+        backbone (`Qwen2_5_VLForConditionalGeneration`): the language model (its `model` and `lm_head`).
+        input_ids (`torch.LongTensor` of shape `(batch, prompt)`): left-padded prompts.
+        attention_mask (`torch.Tensor` of shape `(batch, prompt)`): their attention mask.
+        children (`SigmaTrieChildren`): CSR child tables of the indexed identifiers (`trie.children_tables()`).
+        token_offsets (`list[int]`): token id of code 0 at every identifier position.
+        num_beams (`int`): beams per query.
+        scoring (`str`, *optional*, defaults to `"exact"`): `"exact"` or `"restricted"` (see the module doc).
+        eos_token_id (`int`, *optional*): end token scored after the identifier in `"exact"` mode.
+        length_penalty (`float`, *optional*, defaults to 1.0): scores are divided by `(length + 1) ** length_penalty`.
+        cache_name (`str`, *optional*): keyword of the key/value cache in the installed transformers release.
+    """
+    if scoring == "exact" and eos_token_id is None:
+        raise ValueError("exact scoring needs the eos_token_id")
+    device, length = input_ids.device, len(token_offsets)
+    children = children.to(device)
+    lm_head = backbone.get_output_embeddings()
+    scorer = _LevelScorer(lm_head, list(token_offsets), children.sizes, scoring, eos_token_id)
+    offsets = torch.as_tensor(list(token_offsets), device=device)
+    batch, prompt_length = input_ids.shape
+
+    # prefill once per query; text positions follow the mask (left padding), as in SigmaForRetrieval.forward
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (batch, prompt)
+    hidden, cache = _step(backbone, input_ids, attention_mask, positions, None, cache_name)
+    # every query starts as one beam at the trie root
+    scores = hidden.new_zeros(batch, 1, dtype=torch.float32)
+    node = torch.zeros(batch, 1, dtype=torch.long, device=device)
+    mask = torch.cat(
+        [attention_mask, attention_mask.new_ones(batch, length)], dim=1
+    )  # (batch, prompt + length)
+    next_position = attention_mask.long().sum(-1, keepdim=True)  # (batch, 1)
+    history = torch.zeros(batch, 0, dtype=torch.long, device=device)
+    state_sum = torch.zeros_like(hidden)  # (batch, hidden)
+    for level in range(length):
+        level_log_probs = scorer.level(hidden, level)  # (rows, K_level)
+        scores, parent, code, node = expand_beams(children, level, node, scores, level_log_probs, num_beams)
+        # the first step spreads each query's prompt cache over its beams; later ones follow the parents
+        cache.reorder_cache(parent)
+        mask, next_position = mask.index_select(0, parent), next_position.index_select(0, parent)
+        history = torch.cat([history.index_select(0, parent), code[:, None]], dim=1)  # (rows, level + 1)
+        state_sum = state_sum.index_select(0, parent)
+        node = node.view(batch, num_beams)
+        step_mask = mask[:, : prompt_length + level + 1]
+        tokens = (code + offsets[level])[:, None]  # (rows, 1)
+        hidden, cache = _step(backbone, tokens, step_mask, next_position + level, cache, cache_name)
+        state_sum = state_sum + hidden  # last-layer state of the identifier token just written
+
+    rows = batch * num_beams
+    final = (scores.reshape(rows) + scorer.end(hidden)).view(batch, num_beams) / (
+        length + 1
+    ) ** length_penalty
+    final, order = torch.sort(final, dim=-1, descending=True, stable=True)  # (batch, beams)
+    pick = (torch.arange(batch, device=device)[:, None] * num_beams + order).view(-1)  # (rows,)
+    pooled = (state_sum / length).index_select(0, pick).view(batch, num_beams, -1)
+    return SigmaBeamSearchOutput(
+        codes=history.index_select(0, pick).view(batch, num_beams, length),
+        scores=final,
+        valid=torch.isfinite(final),
+        pooled=pooled,
+    )
