@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def alignment_rows(model, count=4):
     layout = model.config.layout
-    identifiers = [layout.codes_to_string(row.tolist()) for row in model.codebook_codes[:count]]
+    identifiers = [layout.codes_to_string(row.tolist()) for row in model.index.codes[:count]]
     queries = ["a red circle", "two green squares on sand", "a black cross", "an orange star at the top left"]
     return [
         {"task": "align", "query": query, "answer": identifier, "soft_label": 0.25 * (index + 1)}
