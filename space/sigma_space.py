@@ -248,27 +248,15 @@ class SigmaSpace:
     def fit_query(self, query: str) -> tuple[str, str | None]:
         """The query cut to the model's `max_query_length` prompt tokens, and a notice when it was cut."""
         processor, limit = self.model.processor, self.model.config.max_query_length
-
-        def prompt_length(text: str) -> int:
-            inputs = processor.process_queries([text], prompt=self.model.config.retrieval_prompt)
-            return int(inputs["attention_mask"].sum())
-
         head = query[
             : 64 * limit
         ]  # bounds the tokenizer's work; a token is rarely longer than a few characters
-        length = prompt_length(head)
-        if length <= limit and head == query:
+        shortened = processor.truncate_query(head, limit, self.model.config.retrieval_prompt)
+        if shortened == query:
             return query, None
-        tokens = processor.tokenizer(head, add_special_tokens=False)["input_ids"]
-        keep = min(len(tokens), max(1, limit - (length - len(tokens))))
-        while True:  # decoding and re-encoding can merge tokens differently: shrink until it fits
-            shortened = processor.tokenizer.decode(tokens[:keep], skip_special_tokens=True).strip()
-            if keep == 1 or (shortened and prompt_length(shortened) <= limit):
-                break
-            keep = max(1, keep - 8)
         notice = (
             f"The query has {len(query):,} characters; the model reads at most {limit} prompt tokens, so only "
-            f"its first {keep} tokens ({len(shortened):,} characters) were searched."
+            f"its first {len(shortened):,} characters were searched."
         )
         return shortened, notice
 
