@@ -301,6 +301,10 @@ class SigmaSpace:
             raise SigmaSpaceError(f"k must be a whole number, got {k!r}.") from error
         if not 1 <= k <= MAX_K:
             raise SigmaSpaceError(f"k must be between 1 and {MAX_K}, got {k}.")
+        if any("\ud800" <= character <= "\udfff" for character in query):
+            raise SigmaSpaceError(
+                "The query is not valid Unicode text (it holds a lone surrogate code point)."
+            )
         with self.lock:
             query, notice = self.fit_query(query.strip())
             hits = self.index.search(self.model, [query], k=min(k, len(self.index)))[0]

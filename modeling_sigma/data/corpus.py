@@ -292,9 +292,11 @@ def load_image(value) -> Image.Image:
             import io
 
             image = Image.open(io.BytesIO(value["bytes"]))
-        else:
+        elif isinstance(value, (str, os.PathLike, dict)):
             path = value.get("path") if isinstance(value, dict) else value
             image = Image.open(path)
+        else:
+            raise TypeError("expected a PIL image, a numpy array, a path or a {'bytes'/'path'} dict")
         image.load()
     except Exception as error:  # PIL raises many types for corrupt files
         raise ValueError(f"Unreadable image {_describe(value)}: {error}") from error

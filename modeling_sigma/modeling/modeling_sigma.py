@@ -490,6 +490,9 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
             if not query.strip():
                 problems[index] = "empty (or only whitespace)"
                 continue
+            if any("\ud800" <= character <= "\udfff" for character in query):
+                problems[index] = "not valid Unicode (a lone surrogate code point)"
+                continue
             length = len(processor.query_prompt_ids(query, prompt))
             if length <= limit:
                 continue

@@ -29,6 +29,7 @@ SIGMA_CHAT_TEMPLATE = (
 _USER_SLOT = "\U000f0100"
 _IDENTIFIER_SLOT = "\U000f0101"
 _IDENTIFIER_STRING = re.compile(r"(?:<id[0-9]+(?:\.[0-9]+)?_[0-9]+>)+")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _IDENTIFIER_TOKEN = re.compile(r"<id[0-9]+(?:\.[0-9]+)?_[0-9]+>")
 
 
@@ -101,6 +102,8 @@ class SigmaProcessor(ProcessorMixin):
         Runs the tokenizer's own normaliser, pre-tokeniser and model, as `tokenizer(text)` does between added tokens,
         so text without added tokens gets exactly the ids it always had.
         """
+        if _LONE_SURROGATE.search(text):
+            raise ValueError(f"text is not valid Unicode (a lone surrogate code point): {text[:80]!r}")
         backend = self.tokenizer.backend_tokenizer
         if backend.normalizer is not None:
             text = backend.normalizer.normalize_str(text)

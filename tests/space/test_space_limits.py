@@ -16,7 +16,12 @@ def slow_space(tmp_path_factory, tiny_corpus):
     build_space_model(tiny_corpus).save_pretrained(path)
     app = load_app()
     demo, client = launch(
-        app, tmp_path_factory.mktemp("downloads"), model_path=path, corpus=tiny_corpus, queue_size=3, max_wait=0.5
+        app,
+        tmp_path_factory.mktemp("downloads"),
+        model_path=path,
+        corpus=tiny_corpus,
+        queue_size=3,
+        max_wait=0.5,
     )
     space = demo.sigma_space
     assert space.wait_until_ready(60), space.status_markdown()
@@ -62,5 +67,11 @@ def test_oversized_inputs_are_refused(slow_space, tmp_path, monkeypatch):
     big.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 2**21)
     monkeypatch.setattr(sigma_space, "MAX_UPLOAD_BYTES", 2**20)
     before = list(space.index.image_ids)
-    app_error(client, gradio_client.handle_file(str(big)), "big", api_name="/add", match="The file is 2 MB; the limit is 1 MB")
+    app_error(
+        client,
+        gradio_client.handle_file(str(big)),
+        "big",
+        api_name="/add",
+        match="The file is 2 MB; the limit is 1 MB",
+    )
     assert space.index.image_ids == before
