@@ -127,7 +127,7 @@ def check_fuzzed_queries(model, count: int, batch_size: int = 32, seed: int = 0)
             results = model.retrieve(batch, k=5, num_beams=5, truncate=True, on_invalid="skip")
         except Exception:  # count the queries that crash on their own
             results = [_retrieve_one(model, query, figures) for query in batch]
-        for query, hits in zip(batch, results):
+        for hits in results:
             figures["refused"] += not hits  # empty, whitespace or invalid Unicode: every valid query has hits
             figures["answered"] += bool(hits)
             figures["invalid_identifiers"] += sum(not _valid_hit(model, hit) for hit in hits)
