@@ -36,7 +36,6 @@ from pathlib import Path
 
 import torch
 import transformers
-from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -92,17 +91,14 @@ def load_model(path: Path):
 
 
 def image_files(folder: Path, count: int, seed: int = 0) -> list[str]:
-    """`count` distinct small PNG files (random shapes)."""
+    """`count` distinct TinyShapes images (the unseen split) as PNG files."""
+    from modeling_sigma.data.corpus import TinyShapesConfig, generate_tiny_shapes
+
     folder.mkdir(parents=True, exist_ok=True)
-    rng, paths = random.Random(seed), []
-    for i in range(count):
-        image = Image.new("RGB", (64, 64), tuple(rng.randrange(256) for _ in range(3)))
-        box = sorted(rng.sample(range(64), 2))
-        ImageDraw.Draw(image).ellipse(
-            [box[0], box[0], box[1], box[1]], fill=tuple(rng.randrange(256) for _ in "rgb")
-        )
-        paths.append(str(folder / f"image-{i:04d}.png"))
-        image.save(paths[-1])
+    corpus = generate_tiny_shapes(TinyShapesConfig(num_train=1, num_test=1, num_unseen=count, seed=seed))
+    paths = [str(folder / f"image-{i:04d}.png") for i in range(count)]
+    for path, image in zip(paths, corpus["unseen"]["image"]):
+        image.save(path)
     return paths
 
 
