@@ -143,7 +143,7 @@ def _atomic_save(path: str, array: np.ndarray) -> None:
     handle, staging = tempfile.mkstemp(suffix=".npy", dir=os.path.dirname(path))
     try:
         with os.fdopen(handle, "wb") as stream:
-            np.save(stream, array)
+            np.save(stream, array, allow_pickle=False)
         os.replace(staging, path)
     except BaseException:
         os.unlink(staging)
@@ -171,7 +171,7 @@ def encode_split(
         fingerprint = getattr(dataset, "_fingerprint", None) or str(len(dataset))
         path = _cache_path(cache_dir, encoder, corpus_name, split, kind, fingerprint)
         if os.path.isfile(path):
-            return np.load(path)
+            return np.load(path, allow_pickle=False)
     if kind == "images":
         features = encoder.encode_images(dataset["image"], progress=progress)
     else:
