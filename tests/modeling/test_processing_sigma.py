@@ -173,3 +173,25 @@ def test_truncate_query_keeps_the_longest_start_that_fits(corpus_processor):
     assert corpus_processor.truncate_query("red", 64) == "red"
     with pytest.raises(ValueError, match="prompt alone"):
         corpus_processor.truncate_query(query, 5)
+
+
+def test_the_training_collator_builds_the_same_prompts(corpus_processor, tiny_corpus):
+    """Training (SigmaCollator) and inference (process_queries, describe) see the same ids for ordinary text."""
+    from types import SimpleNamespace
+
+    from modeling_sigma.modeling.configuration_sigma import COMPREHENSION_PROMPT, RETRIEVAL_PROMPT
+    from modeling_sigma.training.collator import SigmaCollator
+
+    config = SimpleNamespace(retrieval_prompt=RETRIEVAL_PROMPT, comprehension_prompt=COMPREHENSION_PROMPT)
+    collator = SigmaCollator(corpus_processor, config)
+    identifier = LAYOUT.codes_to_string([2, 1, 0, 2, 1])
+
+    def prompt_of(example):
+        encoded = collator._encode(example)
+        return [token for token, label in zip(encoded["input_ids"], encoded["labels"]) if label == -100]
+
+    for caption in tiny_corpus["test"]["captions"][0] + tiny_corpus["unseen"]["captions"][0]:
+        example = {"task": "align", "query": caption, "answer": identifier}
+        assert prompt_of(example) == corpus_processor.query_prompt_ids(caption, RETRIEVAL_PROMPT)
+    example = {"task": "comprehend", "identifier": identifier, "answer": "a red circle"}
+    assert prompt_of(example) == corpus_processor.identifier_prompt_ids(identifier, COMPREHENSION_PROMPT)
