@@ -337,25 +337,26 @@ def run_checks(sizes: dict, model_path: str | None, workdir: Path, only: set[str
     else:
         tiny_checkpoint(checkpoint)
     wanted = only or {"fuzz", "images", "kill", "writers", "space", "determinism"}
-    report = {}
-    if wanted & {"fuzz", "images"}:
-        model = load_model(checkpoint)
-        if "fuzz" in wanted:
-            report["fuzz"] = check_fuzzed_queries(model, sizes["queries"])
-        if "images" in wanted:
-            report["images"] = check_malformed_images(model, workdir / "malformed")
-    if "kill" in wanted:
-        report["kill"] = check_kill_loop(checkpoint, workdir, sizes["kills"])
-    if "writers" in wanted:
-        report["writers"] = check_concurrent_writers(
+    model = load_model(checkpoint) if wanted & {"fuzz", "images"} else None
+    checks = {
+        "fuzz": lambda: check_fuzzed_queries(model, sizes["queries"]),
+        "images": lambda: check_malformed_images(model, workdir / "malformed"),
+        "kill": lambda: check_kill_loop(checkpoint, workdir, sizes["kills"]),
+        "writers": lambda: check_concurrent_writers(
             checkpoint, workdir, sizes["writers"], sizes["writer_rounds"]
-        )
-    if "space" in wanted:
-        report["space"] = check_space_load(
+        ),
+        "space": lambda: check_space_load(
             checkpoint, workdir, sizes["space_clients"], sizes["space_requests"], sizes.get("space_queue")
-        )
-    if "determinism" in wanted:
-        report["determinism"] = check_determinism(checkpoint, workdir / "determinism")
+        ),
+        "determinism": lambda: check_determinism(checkpoint, workdir / "determinism"),
+    }
+    report = {}
+    for name, check in checks.items():
+        if name in wanted:
+            start = time.perf_counter()
+            report[name] = check()
+            report[name]["check_seconds"] = round(time.perf_counter() - start, 1)
+            print(f"{name}: done in {report[name]['check_seconds']} s", file=sys.stderr, flush=True)
     return report
 
 
