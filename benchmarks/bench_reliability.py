@@ -339,7 +339,7 @@ def run_checks(sizes: dict, model_path: str | None, workdir: Path, only: set[str
     wanted = only or {"fuzz", "images", "kill", "writers", "space", "determinism"}
     model = load_model(checkpoint) if wanted & {"fuzz", "images"} else None
     checks = {
-        "fuzz": lambda: check_fuzzed_queries(model, sizes["queries"]),
+        "fuzz": lambda: check_fuzzed_queries(model, sizes["queries"], seed=sizes.get("seed", 0)),
         "images": lambda: check_malformed_images(model, workdir / "malformed"),
         "kill": lambda: check_kill_loop(checkpoint, workdir, sizes["kills"]),
         "writers": lambda: check_concurrent_writers(
@@ -402,6 +402,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--only", nargs="+", default=None,
                         choices=["fuzz", "images", "kill", "writers", "space", "determinism"])  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch threads in this process")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fuzzed queries")
     parser.add_argument("--json", default=None, help="write every figure to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -409,7 +410,7 @@ def main(argv: list[str] | None = None) -> dict:
     transformers.utils.logging.disable_progress_bar()
     sizes = dict(SHORT if args.short else FULL)
     sizes.update({name: getattr(args, name) for name in FULL if getattr(args, name) is not None})
-    sizes["space_queue"] = args.space_queue
+    sizes.update(space_queue=args.space_queue, seed=args.seed)
     with tempfile.TemporaryDirectory(prefix="sigma-reliability-") as workdir:
         report = run_checks(sizes, args.model, Path(workdir), set(args.only) if args.only else None)
     report["command"] = "python benchmarks/bench_reliability.py " + " ".join(
