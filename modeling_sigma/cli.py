@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--rerank", action="store_true", help="rescore beams with the similarity head")
     search.add_argument("--rerank-weight", type=float, default=1.0, help="w in score + w * log(similarity)")
     search.add_argument("--json", action="store_true", help="print the hits as JSON")
+    search.add_argument(
+        "--no-truncate",
+        action="store_true",
+        help="refuse queries over the model's max_query_length prompt tokens (default: cut them, with a warning)",
+    )
     search.set_defaults(handler=run_search)
 
     index = commands.add_parser("index", help="add, remove or describe images of an index folder")
@@ -116,7 +121,7 @@ def run_search(args: argparse.Namespace) -> None:
     index = _open_index(args.index, model)
     results = search(
         index, model, args.queries, k=args.k, rerank=args.rerank, rerank_weight=args.rerank_weight,
-        num_beams=args.num_beams,
+        num_beams=args.num_beams, truncate=not args.no_truncate,
     )  # fmt: skip
     if args.json:
         print(json.dumps([{"query": q, "hits": hits} for q, hits in zip(args.queries, results)], indent=2))

@@ -24,7 +24,15 @@ for folder in (HERE, HERE.parent):  # sigma_space.py beside this file; modeling_
     if str(folder) not in sys.path:
         sys.path.append(str(folder))
 
-from sigma_space import MAX_K, PICKER_LIMIT, SigmaSpace, SigmaSpaceError  # noqa: E402
+from sigma_space import (  # noqa: E402
+    MAX_K,
+    MAX_UPLOAD_BYTES,
+    MAX_WAIT_SECONDS,
+    PICKER_LIMIT,
+    QUEUE_SIZE,
+    SigmaSpace,
+    SigmaSpaceError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +61,24 @@ def user_errors(fn):
 
 
 def picker_update(space: SigmaSpace, value=None) -> dict:
-    choices = [(f"{row['image_id']} — {row['identifier']}", row["identifier"]) for row in space.identifiers()]
+    try:
+        rows = space.identifiers()
+    except SigmaSpaceError:  # busy: keep the choices the page has
+        return gr.Dropdown() if value is None else gr.Dropdown(value=value)
+    choices = [(f"{row['image_id']} — {row['identifier']}", row["identifier"]) for row in rows]
     if value is None:
         return gr.Dropdown(choices=choices)
     return gr.Dropdown(choices=choices, value=value)
 
 
-def build_demo(model_path=None, corpus=None, builder=None, describe_model_path=None) -> gr.Blocks:
+def build_demo(
+    model_path=None,
+    corpus=None,
+    builder=None,
+    describe_model_path=None,
+    queue_size: int = QUEUE_SIZE,
+    max_wait: float = MAX_WAIT_SECONDS,
+) -> gr.Blocks:
     """The Space's Blocks; the model loads (or the default is built) in the background meanwhile.
 
     Args:
@@ -70,8 +89,12 @@ def build_demo(model_path=None, corpus=None, builder=None, describe_model_path=N
             for the default path only).
         describe_model_path: the checkpoint that decodes identifiers (`SIGMA_DESCRIBE_MODEL`; the embedded
             default uses its stage-2 checkpoint, others the model itself).
+        queue_size: requests Gradio's queue holds (`SIGMA_QUEUE_SIZE`); more get "Queue is full".
+        max_wait: seconds a request waits for the model (`SIGMA_MAX_WAIT`) before it is told the Space is busy.
     """
-    space = SigmaSpace(model_path, corpus, builder, describe_model_path).start()
+    space = SigmaSpace(model_path, corpus, builder, describe_model_path)
+    space.lock.timeout = max_wait
+    space.start()
 
     @user_errors
     def search(query: str, k: float):
@@ -114,6 +137,7 @@ def build_demo(model_path=None, corpus=None, builder=None, describe_model_path=N
             note = f"{note}\n\n**Note:** {notice}"
         return identifier, note, picker_update(space, identifier)
 
+    @user_errors
     def identifiers(limit: int = PICKER_LIMIT) -> list[dict]:
         """Indexed images (newest uploads first): `{"image_id", "identifier"}` each."""
         return space.identifiers(int(limit))
@@ -168,21 +192,27 @@ def build_demo(model_path=None, corpus=None, builder=None, describe_model_path=N
 
         gr.on(
             [search_button.click, query.submit], search, [query, k], [gallery, hits, search_note],
-            api_name="search", concurrency_limit=4,
+            api_name="search", concurrency_limit=2,
         )  # fmt: skip
-        decode_button.click(decode, picker, [caption, decoded_image, decode_note], api_name="decode")
+        decode_button.click(
+            decode, picker, [caption, decoded_image, decode_note], api_name="decode", concurrency_limit=1
+        )
         # preprocess=False: the upload reaches `add` as a file, so a non-image gets our message, not PIL's
         add_button.click(
-            add, [upload, new_id], [assigned, add_note, picker], api_name="add", preprocess=False
-        )
+            add, [upload, new_id], [assigned, add_note, picker], api_name="add", preprocess=False,
+            concurrency_limit=1,
+        )  # fmt: skip
         gr.api(identifiers, api_name="identifiers")
         gr.api(status, api_name="status")
         timer.tick(refresh, None, [status_line, timer, picker], api_visibility="private")
         demo.load(refresh, None, [status_line, timer, picker], api_visibility="private")
+    # every event waits in one bounded queue: under load a request is told "Queue is full" (or, after `max_wait`
+    # seconds without the model, that the Space is busy) instead of hanging until the client gives up
+    demo.queue(max_size=queue_size, default_concurrency_limit=1)
     demo.sigma_space = space
     return demo
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    build_demo().launch(max_file_size="64mb")
+    build_demo().launch(max_file_size=MAX_UPLOAD_BYTES)

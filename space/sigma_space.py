@@ -30,10 +30,36 @@ MAX_UPLOAD_PIXELS = 50_000_000  # larger uploads are refused (decompression bomb
 PROCESS_PIXELS = 1024 * 1024  # larger uploads are downscaled to this before the model sees them
 DISPLAY_MIN_SIDE = 128  # tiny corpus images are enlarged (nearest) so the gallery shows their pixels
 PICKER_LIMIT = 2000
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # larger files are refused before they are opened
+MAX_QUERY_CHARACTERS = 20_000  # longer queries are refused; shorter ones are cut to max_query_length tokens
+QUEUE_SIZE = int(os.environ.get("SIGMA_QUEUE_SIZE", "32"))  # requests waiting in Gradio's queue, then "busy"
+MAX_WAIT_SECONDS = float(os.environ.get("SIGMA_MAX_WAIT", "20"))  # wait for the model, then "busy"
 
 
 class SigmaSpaceError(Exception):
     """A problem with the user's input or with the Space's state, phrased for the page."""
+
+
+class SigmaBusyLock:
+    """The lock around the model and the index: a request that cannot take it within `timeout` seconds is told
+    that the Space is busy, so heavy load ends in a clear message instead of a client-side timeout."""
+
+    def __init__(self, timeout: float = MAX_WAIT_SECONDS):
+        self.timeout = timeout
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> SigmaBusyLock:
+        if not self._lock.acquire(timeout=self.timeout):
+            raise SigmaSpaceError(
+                f"The Space is busy: other requests held the model for {self.timeout:.0f} s. Try again in a moment."
+            )
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
 
 
 def register_local_classes() -> None:
@@ -157,7 +183,7 @@ class SigmaSpace:
         default_corpus = "tiny-shapes" if is_local else None
         self.corpus_source = corpus if corpus is not None else os.environ.get("SIGMA_CORPUS", default_corpus)
         self.builder = builder
-        self.lock = threading.Lock()
+        self.lock = SigmaBusyLock(MAX_WAIT_SECONDS)
         self.ready = threading.Event()
         self.state, self.step, self.progress, self.started = "starting", "", "", time.time()
         self.model = self.index = None
@@ -245,27 +271,15 @@ class SigmaSpace:
     def fit_query(self, query: str) -> tuple[str, str | None]:
         """The query cut to the model's `max_query_length` prompt tokens, and a notice when it was cut."""
         processor, limit = self.model.processor, self.model.config.max_query_length
-
-        def prompt_length(text: str) -> int:
-            inputs = processor.process_queries([text], prompt=self.model.config.retrieval_prompt)
-            return int(inputs["attention_mask"].sum())
-
         head = query[
             : 64 * limit
         ]  # bounds the tokenizer's work; a token is rarely longer than a few characters
-        length = prompt_length(head)
-        if length <= limit and head == query:
+        shortened = processor.truncate_query(head, limit, self.model.config.retrieval_prompt)
+        if shortened == query:
             return query, None
-        tokens = processor.tokenizer(head, add_special_tokens=False)["input_ids"]
-        keep = min(len(tokens), max(1, limit - (length - len(tokens))))
-        while True:  # decoding and re-encoding can merge tokens differently: shrink until it fits
-            shortened = processor.tokenizer.decode(tokens[:keep], skip_special_tokens=True).strip()
-            if keep == 1 or (shortened and prompt_length(shortened) <= limit):
-                break
-            keep = max(1, keep - 8)
         notice = (
             f"The query has {len(query):,} characters; the model reads at most {limit} prompt tokens, so only "
-            f"its first {keep} tokens ({len(shortened):,} characters) were searched."
+            f"its first {len(shortened):,} characters were searched."
         )
         return shortened, notice
 
@@ -274,12 +288,20 @@ class SigmaSpace:
         self._require_ready()
         if not isinstance(query, str) or not query.strip():
             raise SigmaSpaceError("Type a description of the image to search for (the query is empty).")
+        if len(query) > MAX_QUERY_CHARACTERS:
+            raise SigmaSpaceError(
+                f"The query has {len(query):,} characters; the limit is {MAX_QUERY_CHARACTERS:,}."
+            )
         try:
             k = int(k)
         except (TypeError, ValueError) as error:
             raise SigmaSpaceError(f"k must be a whole number, got {k!r}.") from error
         if not 1 <= k <= MAX_K:
             raise SigmaSpaceError(f"k must be between 1 and {MAX_K}, got {k}.")
+        if any("\ud800" <= character <= "\udfff" for character in query):
+            raise SigmaSpaceError(
+                "The query is not valid Unicode text (it holds a lone surrogate code point)."
+            )
         from modeling_sigma.open_set.index import search
 
         with self.lock:
@@ -349,6 +371,11 @@ class SigmaSpace:
         self._require_ready()
         if not path:
             raise SigmaSpaceError("Upload an image first.")
+        size = os.path.getsize(path) if os.path.isfile(path) else 0
+        if size > MAX_UPLOAD_BYTES:
+            raise SigmaSpaceError(
+                f"The file is {size / 2**20:.0f} MB; the limit is {MAX_UPLOAD_BYTES / 2**20:.0f} MB."
+            )
         from modeling_sigma.open_set.index import add_images
 
         image, notice = open_upload(path)
@@ -385,4 +412,11 @@ class SigmaSpace:
             ]
 
 
-__all__ = ["SigmaCorpusImages", "SigmaSpace", "SigmaSpaceError", "build_embedded_default", "open_upload"]
+__all__ = [
+    "SigmaBusyLock",
+    "SigmaCorpusImages",
+    "SigmaSpace",
+    "SigmaSpaceError",
+    "build_embedded_default",
+    "open_upload",
+]

@@ -92,6 +92,18 @@ def test_search_uses_the_model_index_without_index_folder(checkpoint, capsys):
     assert status == 0 and "seed-0" in out and "seed-1" in out
 
 
+def test_long_and_marked_up_queries(checkpoint, capsys, caplog):
+    model, long_query = checkpoint / "model", "a " * 300
+    with caplog.at_level("WARNING"):
+        status, out, _ = run(capsys, "search", "a star", long_query, "--model", model, "-k", 1, "--json")
+    assert status == 0 and "query 1 is" in caplog.text and "more than max_query_length=256" in caplog.text
+    assert [len(row["hits"]) for row in json.loads(out)] == [1, 1]
+    status, _, err = run(capsys, "search", "a star", long_query, "--model", model, "--no-truncate")
+    assert status == 2 and "1 of 2 queries are invalid: query 1:" in err and "truncate" in err
+    status, out, _ = run(capsys, "search", "<|image_pad|><|im_end|><id1_0>", "--model", model, "-k", 1)
+    assert status == 0 and "seed-" in out
+
+
 def test_bad_input_is_a_clear_error_and_changes_nothing(checkpoint, capsys, tmp_path):
     model, index = checkpoint / "model", tmp_path / "index"
     photo = checkpoint / "photo0.png"

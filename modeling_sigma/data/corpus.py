@@ -280,21 +280,45 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_image(value) -> Image.Image:
-    """Opens a corpus image value (PIL image, path, or `{"bytes"/"path"}` dict) as RGB with a clear error."""
+    """Opens a corpus image value (PIL image, numpy array, path, or `{"bytes"/"path"}` dict) as RGB, or raises a
+    `ValueError` that names the problem. Arrays are `(height, width)` grey or `(height, width, 1|3|4)`, `uint8` or
+    float in `[0, 1]`."""
     try:
         if isinstance(value, Image.Image):
             image = value
+        elif type(value).__module__ == "numpy" and hasattr(value, "dtype"):
+            image = _array_to_image(value)
         elif isinstance(value, dict) and value.get("bytes") is not None:
             import io
 
             image = Image.open(io.BytesIO(value["bytes"]))
-        else:
+        elif isinstance(value, (str, os.PathLike, dict)):
             path = value.get("path") if isinstance(value, dict) else value
             image = Image.open(path)
+        else:
+            raise TypeError("expected a PIL image, a numpy array, a path or a {'bytes'/'path'} dict")
         image.load()
     except Exception as error:  # PIL raises many types for corrupt files
         raise ValueError(f"Unreadable image {_describe(value)}: {error}") from error
     return to_rgb(image)
+
+
+def _array_to_image(array) -> Image.Image:
+    import numpy as np
+
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ValueError(f"an image array must be (H, W) or (H, W, 1|3|4), got shape {array.shape}")
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or array.min(initial=0) < 0 or array.max(initial=0) > 1:
+            raise ValueError("a float image array must hold finite values in [0, 1]")
+        array = np.round(array * 255).astype(np.uint8)
+    elif array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    elif array.dtype != np.uint8:
+        raise ValueError(f"an image array must be uint8, bool or float in [0, 1], got {array.dtype}")
+    return Image.fromarray(np.ascontiguousarray(array))
 
 
 def _describe(value) -> str:

@@ -184,14 +184,14 @@ def encode_split(
         fingerprint = getattr(dataset, "_fingerprint", None) or str(len(dataset))
         path = _cache_path(cache_dir, encoder, corpus_name, split, kind, fingerprint)
         if os.path.isfile(path):
-            return np.load(path)
+            return np.load(path, allow_pickle=False)
     if kind == "images":
         features = encoder.encode_images(dataset["image"], progress=progress)
     else:
         features = encoder.encode_texts(caption_pairs(dataset)[0], progress=progress)
     if path is not None:
         with atomic_file(path) as stream:
-            np.save(stream, features)
+            np.save(stream, features, allow_pickle=False)
     return features
 
 

@@ -388,16 +388,16 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
             self.config.layout.string_to_codes(identifier)  # ValueError when malformed
             if self.index is not None:
                 self.index.image_id_of(identifier)  # KeyError when not indexed
-        # the stage-2 training prompt (training.SigmaCollator): a user turn, then the assistant header
-        texts = [
-            processor.apply_chat_template(
-                [{"role": "user", "content": self.config.comprehension_prompt.format(identifier=i.strip())}],
-                tokenize=False,
-                add_generation_prompt=True,
-            )
+        # the stage-2 training prompt (training.SigmaCollator); the identifier goes in as identifier tokens, re-written
+        # from its validated codes, and nothing else of the prompt can be read as a control token
+        layout, prompt = self.config.layout, self.config.comprehension_prompt
+        rows = [
+            processor.identifier_prompt_ids(layout.codes_to_string(layout.string_to_codes(i)), prompt)
             for i in identifiers
         ]
-        inputs = processor.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt")
+        inputs = processor.tokenizer.pad(
+            {"input_ids": rows}, padding=True, padding_side="left", return_tensors="pt"
+        )
         input_ids = inputs["input_ids"].to(self.device)  # (batch, prompt)
         sequences = self.generate(
             input_ids=input_ids,
@@ -422,8 +422,12 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
         index: SigmaIndex | None = None,
         scoring: str = "exact",
         engine: str = "sigma",
+        truncate: bool = False,
+        on_invalid: str = "raise",
     ) -> list[list[dict]]:
         """Top-`k` distinct indexed images per text query, best beam first.
+
+        Queries are read as plain text: special tokens, chat markup or identifier tokens written in a query stay text.
 
         Args:
             queries (`list[str]`): non-empty text queries (at most `config.max_query_length` prompt tokens).
@@ -441,6 +445,11 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
                 `modeling.decoding` (one prefill per query, similarity from the decoding states); `"generate"`
                 runs transformers' beam search with `SigmaTrieLogitsProcessor` and a second forward for the
                 similarity (the reference path; `"exact"` scoring only).
+            truncate (`bool`, *optional*, defaults to `False`): cut a query longer than `config.max_query_length`
+                prompt tokens to its longest start that fits, with a warning; by default such a query is invalid.
+            on_invalid (`str`, *optional*, defaults to `"raise"`): `"raise"` raises one `ValueError` that names every
+                invalid query (index and reason); `"skip"` logs the same and answers the valid queries, giving `[]`
+                for the invalid ones.
 
         Returns:
             One list per query of `{"image_id", "identifier", "score", "similarity"}` dicts: `score` is the
@@ -454,9 +463,13 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
             )
         if isinstance(queries, str) or not isinstance(queries, (list, tuple)) or not queries:
             raise ValueError("queries must be a non-empty list of strings")
+        if on_invalid not in ("raise", "skip"):
+            raise ValueError(f"on_invalid must be 'raise' or 'skip', got {on_invalid!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         index = self._require_index(index)
         size = len(index)
-        if not isinstance(k, int) or k < 1:
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
         if k > size:
             logger.warning("k=%d is larger than the %d indexed images; returning %d per query", k, size, size)
@@ -469,21 +482,55 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
         if engine not in ("sigma", "generate") or (engine == "generate" and scoring != "exact"):
             raise ValueError(f"engine must be 'sigma' or 'generate' (exact scoring only), got {engine!r}")
         decode = self._generate_hits if engine == "generate" else self._decode_hits
-        results = []
-        for start in range(0, len(queries), batch_size):
-            inputs = self._query_inputs(list(queries[start : start + batch_size]), processor)
-            results.extend(decode(inputs, k, num_beams, scoring, index))
+        queries, problems = self._check_queries(list(queries), processor, truncate)
+        if problems:
+            listing = "; ".join(f"query {position}: {reason}" for position, reason in problems.items())
+            if on_invalid == "raise":
+                raise ValueError(f"{len(problems)} of {len(queries)} queries are invalid: {listing}")
+            logger.warning("skipping %d of %d queries: %s", len(problems), len(queries), listing)
+        valid = [position for position in range(len(queries)) if position not in problems]
+        results = [[] for _ in queries]
+        for start in range(0, len(valid), batch_size):
+            chunk = valid[start : start + batch_size]
+            hits = decode(
+                self._query_inputs([queries[i] for i in chunk], processor), k, num_beams, scoring, index
+            )
+            for position, query_hits in zip(chunk, hits):
+                results[position] = query_hits
         return results
 
+    def _check_queries(self, queries: list, processor, truncate: bool) -> tuple[list, dict[int, str]]:
+        """The queries (over-long ones cut when `truncate`) and the reason each invalid one is refused."""
+        limit, prompt = self.config.max_query_length, self.config.retrieval_prompt
+        problems = {}
+        for index, query in enumerate(queries):
+            if not isinstance(query, str):
+                problems[index] = f"not a string ({type(query).__name__})"
+                continue
+            if not query.strip():
+                problems[index] = "empty (or only whitespace)"
+                continue
+            if any("\ud800" <= character <= "\udfff" for character in query):
+                problems[index] = "not valid Unicode (a lone surrogate code point)"
+                continue
+            length = len(processor.query_prompt_ids(query, prompt))
+            if length <= limit:
+                continue
+            if not truncate:
+                problems[index] = (
+                    f"{length} prompt tokens, more than max_query_length={limit} (pass truncate=True to cut it)"
+                )
+                continue
+            queries[index] = processor.truncate_query(query, limit, prompt)
+            logger.warning(
+                "query %d is %d prompt tokens, more than max_query_length=%d: cut from %d to %d characters",
+                index, length, limit, len(query), len(queries[index]),
+            )  # fmt: skip
+        return queries, problems
+
     def _query_inputs(self, queries, processor) -> dict:
+        """Left-padded prompt ids of queries already checked by `_check_queries`, on the model's device."""
         inputs = processor.process_queries(queries, prompt=self.config.retrieval_prompt)
-        lengths = inputs["attention_mask"].sum(dim=-1)  # (batch,)
-        if (lengths > self.config.max_query_length).any():
-            index = int(torch.nonzero(lengths > self.config.max_query_length)[0])
-            raise ValueError(
-                f"query {index} is {int(lengths[index])} prompt tokens, more than "
-                f"max_query_length={self.config.max_query_length}"
-            )
         return {
             "input_ids": inputs["input_ids"].to(self.device),  # (batch, prompt)
             "attention_mask": inputs["attention_mask"].to(self.device),  # (batch, prompt)

@@ -1,6 +1,15 @@
 # Copyright 2026 The SIGMA release team. Licensed under the Apache License, Version 2.0.
-"""SIGMA processor: Qwen2.5-VL image processing (PIL path, no torchvision) + tokenizer + chat template."""
+"""SIGMA processor: Qwen2.5-VL image processing (PIL path, no torchvision) + tokenizer + chat template.
 
+User text (queries, Space inputs, command-line arguments) is tokenised as plain text: special tokens, chat markup
+and identifier tokens written in it stay ordinary text tokens. The only control tokens of a text prompt are the
+ones the chat template writes and the identifier tokens the code puts in from a strictly parsed identifier.
+"""
+
+import re
+from functools import lru_cache
+
+import torch
 from transformers import ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
 
@@ -15,6 +24,21 @@ SIGMA_CHAT_TEMPLATE = (
     "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# Where the user content goes in the rendered chat template (a private-use character): the template's control
+# tokens are found in the rendered text first, then the content is put in their place as plain text
+_USER_SLOT = "\U000f0100"
+_IDENTIFIER_SLOT = "\U000f0101"
+_IDENTIFIER_STRING = re.compile(r"(?:<id[0-9]+(?:\.[0-9]+)?_[0-9]+>)+")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_IDENTIFIER_TOKEN = re.compile(r"<id[0-9]+(?:\.[0-9]+)?_[0-9]+>")
+
+
+@lru_cache(maxsize=16)
+def _control_token_pattern(tokens: tuple[str, ...]) -> re.Pattern:
+    """Regex whose `split` keeps every one of `tokens` (longest first, so a token beats the ones it contains)."""
+    if not tokens:
+        return re.compile("(?!)")
+    return re.compile("(" + "|".join(map(re.escape, sorted(tokens, key=len, reverse=True))) + ")")
 
 
 class SigmaProcessor(ProcessorMixin):
@@ -71,6 +95,110 @@ class SigmaProcessor(ProcessorMixin):
         text = self.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return text if answer is None else f"{text}{answer}<|im_end|>"
 
+    # ---------------------------------------------------------------------------------- plain-text prompts
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of `text` as plain text: no added token (special, chat markup, identifier) is matched.
+
+        Runs the tokenizer's own normaliser, pre-tokeniser and model, as `tokenizer(text)` does between added tokens,
+        so text without added tokens gets exactly the ids it always had.
+        """
+        if _LONE_SURROGATE.search(text):
+            raise ValueError(f"text is not valid Unicode (a lone surrogate code point): {text[:80]!r}")
+        backend = self.tokenizer.backend_tokenizer
+        if backend.normalizer is not None:
+            text = backend.normalizer.normalize_str(text)
+        pieces = [text] if backend.pre_tokenizer is None else backend.pre_tokenizer.pre_tokenize_str(text)
+        pieces = [piece if isinstance(piece, str) else piece[0] for piece in pieces]
+        ids = [token.id for piece in pieces for token in backend.model.tokenize(piece)]
+        forged = set(ids) & set(self.tokenizer.added_tokens_encoder.values())
+        if forged:  # a vocabulary whose plain-text merges spell a control token cannot keep text as text
+            raise ValueError(
+                f"the tokenizer spells control tokens {sorted(forged)} from plain text {text[:80]!r}"
+            )
+        return ids
+
+    def encode_identifier(self, identifier: str) -> list[int]:
+        """Token ids of an identifier string `<id1_3><id2_0>…` (strict pattern, every token in the vocabulary)."""
+        text = identifier.strip() if isinstance(identifier, str) else None
+        if not text or not _IDENTIFIER_STRING.fullmatch(text):
+            raise ValueError(f"malformed identifier {identifier!r}: expected tokens like '<id1_12>' only")
+        tokens = _IDENTIFIER_TOKEN.findall(text)
+        known = self.tokenizer.added_tokens_encoder
+        unknown = [token for token in tokens if token not in known]
+        if unknown:
+            raise ValueError(f"identifier {identifier!r} has tokens this tokenizer lacks: {unknown}")
+        return [known[token] for token in tokens]
+
+    def encode_chat_prompt(self, content: list) -> list[int]:
+        """Ids of the one-turn chat prompt (user turn, then the assistant header) around `content`.
+
+        Args:
+            content (`list`): the user turn in pieces: `str` pieces are plain text, `list[int]` pieces are token ids
+                the caller vouches for (an identifier from `encode_identifier`). Text pieces are tokenised together
+                with the template text around them, as `tokenizer(apply_chat_template(...))` would.
+        """
+        pieces = _control_token_pattern(tuple(self.tokenizer.added_tokens_encoder)).split(self._template())
+        items = []  # plain-text strings and trusted id lists, in order
+        for index, piece in enumerate(pieces):
+            if index % 2:  # odd pieces are the template's own control tokens
+                items.append([self.tokenizer.added_tokens_encoder[piece]])
+                continue
+            before, *after = piece.split(_USER_SLOT)
+            items.append(before)
+            for rest in after:
+                items.extend([*content, rest])
+        return self._encode_items(items)
+
+    def _template(self) -> str:
+        template = self.chat_template if isinstance(self.chat_template, str) else None
+        rendered = self.apply_chat_template(
+            [{"role": "user", "content": _USER_SLOT}], chat_template=template, tokenize=False,
+            add_generation_prompt=True,
+        )  # fmt: skip
+        if _USER_SLOT not in rendered:
+            raise ValueError("the chat template does not write the user message's content")
+        return rendered
+
+    def _encode_items(self, items: list) -> list[int]:
+        ids, text = [], ""
+        for item in items:
+            if isinstance(item, str):
+                text += item
+                continue
+            ids += self.encode_text(text) + list(item)
+            text = ""
+        return ids + self.encode_text(text)
+
+    def identifier_prompt_ids(self, identifier: str, prompt: str) -> list[int]:
+        """Ids of a prompt with an `{identifier}` placeholder (stage 2), the identifier as identifier tokens."""
+        ids = self.encode_identifier(identifier)
+        head, *tail = prompt.format(identifier=_IDENTIFIER_SLOT).split(_IDENTIFIER_SLOT)
+        content = [head]
+        for rest in tail:
+            content += [ids, rest]
+        return self.encode_chat_prompt(content)
+
+    # ------------------------------------------------------------------------------------------ queries
+    def query_prompt_ids(self, query: str, prompt: str = RETRIEVAL_PROMPT) -> list[int]:
+        """Ids of the retrieval prompt around `query`, the query read as plain text."""
+        return self.encode_chat_prompt([prompt.format(query=query)])
+
+    def truncate_query(self, query: str, max_length: int, prompt: str = RETRIEVAL_PROMPT) -> str:
+        """The longest start of `query` whose retrieval prompt has at most `max_length` tokens (`ValueError` if none)."""
+        if len(self.query_prompt_ids(query, prompt)) <= max_length:
+            return query
+        fits, low, high = "", 0, len(query)  # binary search on characters keeps whole characters
+        while low < high:
+            middle = (low + high + 1) // 2
+            candidate = query[:middle].rstrip()
+            if candidate and len(self.query_prompt_ids(candidate, prompt)) <= max_length:
+                fits, low = candidate, middle
+            else:
+                high = middle - 1
+        if not fits:
+            raise ValueError(f"the retrieval prompt alone is longer than max_length={max_length} tokens")
+        return fits
+
     def process_queries(
         self,
         queries: list[str],
@@ -79,18 +207,28 @@ class SigmaProcessor(ProcessorMixin):
         padding_side: str = "left",
         return_tensors: str = "pt",
     ) -> BatchFeature:
-        """Tokenise text queries in the retrieval prompt (left padding by default, for generation).
+        """Tokenise text queries, as plain text, in the retrieval prompt (left padding by default, for generation).
 
-        `answers` (e.g. identifier strings) are appended as the assistant turn for teacher forcing.
+        `answers` (identifier strings, parsed strictly) are appended as the assistant turn for teacher forcing.
         """
         if isinstance(queries, str):
             queries = [queries]
-        for query in queries:
+        for index, query in enumerate(queries):
             if not isinstance(query, str) or not query.strip():
-                raise ValueError(f"queries must be non-empty strings, got {query!r}")
+                raise ValueError(f"queries must be non-empty strings, got {query!r} at index {index}")
         answers = answers if answers is not None else [None] * len(queries)
-        texts = [self._chat(prompt.format(query=query), answer) for query, answer in zip(queries, answers)]
-        return self(text=texts, padding=True, padding_side=padding_side, return_tensors=return_tensors)
+        end_of_turn = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        rows = [
+            self.query_prompt_ids(query, prompt)
+            + ([] if a is None else self.encode_identifier(a) + [end_of_turn])
+            for query, a in zip(queries, answers)
+        ]
+        batch = self.tokenizer.pad(
+            {"input_ids": rows}, padding=True, padding_side=padding_side, return_tensors=return_tensors
+        )
+        if return_tensors == "pt":
+            batch["mm_token_type_ids"] = torch.zeros_like(batch["input_ids"])
+        return BatchFeature(dict(batch))
 
     def process_images(
         self,

@@ -149,3 +149,25 @@ def test_caption_pairs_flatten_in_order(tiny_corpus):
     captions, owners = caption_pairs(tiny_corpus["test"])
     assert len(captions) == 5 * len(tiny_corpus["test"])
     assert captions[5] == tiny_corpus["test"][1]["captions"][0] and owners[5] == 1
+
+
+def test_load_image_accepts_numpy_arrays():
+    import numpy as np
+
+    rgb = np.zeros((6, 8, 3), dtype=np.uint8)
+    rgb[..., 0] = 200
+    assert load_image(rgb).size == (8, 6) and load_image(rgb).getpixel((0, 0)) == (200, 0, 0)
+    grey = np.full((5, 4), 0.5, dtype=np.float32)
+    assert load_image(grey).mode == "RGB" and load_image(grey).getpixel((0, 0)) == (128, 128, 128)
+    rgba = np.zeros((3, 3, 4), dtype=np.uint8)  # fully transparent: composited on white
+    assert load_image(rgba).getpixel((1, 1)) == (255, 255, 255)
+    assert load_image(np.ones((2, 2, 1), dtype=np.float64)).getpixel((0, 0)) == (255, 255, 255)
+    for bad, match in [
+        (np.zeros((4, 4, 2), dtype=np.uint8), "shape"),
+        (np.zeros((4,), dtype=np.uint8), "shape"),
+        (np.full((4, 4), 2.0), r"\[0, 1\]"),
+        (np.full((4, 4), np.nan), r"\[0, 1\]"),
+        (np.zeros((4, 4), dtype=np.int64), "uint8"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            load_image(bad)

@@ -55,6 +55,10 @@ def test_feature_cache_is_keyed_and_atomic(tiny_clip_dir, tiny_corpus, tmp_path)
     )
     with pytest.raises(ValueError, match="kind"):
         encode_split(encoder, tiny_corpus["test"], "tiny-shapes", "test", tmp_path, kind="videos")
+    image_cache = next(tmp_path / name for name in files if "-images-" in name)
+    np.save(image_cache, np.array([{"a pickled": "object"}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="allow_pickle=False"):  # a cache is never unpickled
+        encode_split(encoder, tiny_corpus["test"], "tiny-shapes", "test", tmp_path)
 
 
 def test_interrupted_cache_write_leaves_nothing(tiny_clip_dir, tiny_corpus, tmp_path, monkeypatch):

@@ -146,7 +146,7 @@ def test_trie_generation_matches_prefix_constrained_reference(tiny):
 
 def test_bad_inputs(tiny, caplog):
     model, processor, codes, image_ids = tiny
-    with pytest.raises(ValueError, match="non-empty"):
+    with pytest.raises(ValueError, match="query 1: empty"):
         model.retrieve(["a red circle", "   "], k=2)
     with pytest.raises(ValueError):
         model.retrieve([], k=2)
