@@ -7,7 +7,7 @@
 Checks, each printed as one row of a Markdown table (`--json PATH` writes every figure):
 - fuzzed queries through `model.retrieve(..., truncate=True, on_invalid="skip")`: crashes, invalid identifiers
   returned, and prompts holding control tokens the user typed (special, chat-markup or identifier tokens);
-- the 27 kinds of malformed image through `SigmaImageIndex.add`: crashes, and whether the index is unchanged after
+- the 27 kinds of malformed image through `open_set.index.add_images`: crashes, and whether the index is unchanged after
   every refusal;
 - kill -9 of `sigma index add` at random moments: failed loads of the index folder, acknowledged images lost;
 - concurrent writers: `sigma index add` in parallel processes on one index folder: acknowledged adds lost;
@@ -140,29 +140,29 @@ def _retrieve_one(model, query, figures) -> list:
 
 def _valid_hit(model, hit) -> bool:
     try:
-        return model.identifier_to_image_id(hit["identifier"]) == hit["image_id"]
+        return model.index.image_id_of(hit["identifier"]) == hit["image_id"]
     except (KeyError, ValueError):
         return False
 
 
 def check_malformed_images(model, folder: Path) -> dict:
-    from modeling_sigma.open_set.index import SigmaImageIndex
+    from modeling_sigma.open_set.index import add_images, remove_images
 
-    index = SigmaImageIndex.from_model(model)
+    index = model.index.copy()
     kinds = malformed_images(folder)
     outcomes, changed = {}, []
     for number, (kind, value) in enumerate(kinds.items()):
-        before = (list(index.image_ids), index.codes.clone(), len(model.trie))
+        before = (list(index.image_ids), index.codes.clone(), len(index.trie))
         image_id = f"malformed-{number}"
         try:
-            index.add([value], [image_id], model=model)
+            add_images(index, model, [value], [image_id])
             outcomes[kind] = "added"
-            index.remove([image_id], model=model)
+            remove_images(index, [image_id], model=model)
         except ValueError as error:
             outcomes[kind] = f"refused: {str(error)[:90]}"
         except Exception as error:  # anything else is a crash
             outcomes[kind] = f"CRASH {type(error).__name__}: {str(error)[:90]}"
-        after = (list(index.image_ids), index.codes, len(model.trie))
+        after = (list(index.image_ids), index.codes, len(index.trie))
         if before[0] != after[0] or not torch.equal(before[1], after[1]) or before[2] != after[2]:
             changed.append(kind)
     crashes = sum(outcome.startswith("CRASH") for outcome in outcomes.values())
@@ -172,7 +172,7 @@ def check_malformed_images(model, folder: Path) -> dict:
 
 
 def check_determinism(checkpoint: Path, image_folder: Path, count: int = 50) -> dict:
-    from modeling_sigma.open_set.index import SigmaImageIndex
+    from modeling_sigma.open_set.index import add_images
 
     queries = ORDINARY + [
         q for q in fuzzed_queries(load_model(checkpoint).config.layout, count, 7) if q.strip()
@@ -182,9 +182,7 @@ def check_determinism(checkpoint: Path, image_folder: Path, count: int = 50) -> 
     for _ in range(2):
         model = load_model(checkpoint)
         results = model.retrieve(queries, k=5, num_beams=5, truncate=True)
-        codes = SigmaImageIndex.from_model(model).add(
-            images, [f"d{i}" for i in range(len(images))], model=model
-        )
+        codes = add_images(model.index.copy(), model, images, [f"d{i}" for i in range(len(images))])
         runs.append((results, codes.tolist()))
     identifiers = [[[hit["identifier"] for hit in hits] for hits in run[0]] for run in runs]
     return {"runs": 2, "queries": len(queries), "identical_identifiers": identifiers[0] == identifiers[1],
@@ -205,10 +203,10 @@ def sigma_add(checkpoint: Path, index: Path, image: str, image_id: str) -> subpr
 
 def indexed_ids(index: Path) -> set[str] | None:
     """Image ids of the index folder, `None` when it does not load."""
-    from modeling_sigma.open_set.index import SigmaImageIndex
+    from modeling_sigma.modeling.index import SigmaIndex
 
     try:
-        return set(SigmaImageIndex.load(index).image_ids)
+        return set(SigmaIndex.load(index).image_ids)
     except Exception:
         return None
 

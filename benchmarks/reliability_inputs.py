@@ -91,7 +91,7 @@ def _saved(folder: Path, name: str, image: Image.Image, **options) -> str:
 
 
 def malformed_images(folder: Path) -> dict[str, object]:
-    """The 27 kinds of image input of the issue, as values `SigmaImageIndex.add` receives (paths or objects)."""
+    """The 27 kinds of image input of the issue, as values `open_set.index.add_images` receives (paths or objects)."""
     folder.mkdir(parents=True, exist_ok=True)
     base = Image.new("RGB", (48, 40), (200, 40, 40))
     png = io.BytesIO()

@@ -49,7 +49,6 @@ def test_concurrent_writers_harness(report):
     assert not writers["final_load_failed"] and 0 <= writers["lost"] <= writers["acknowledged"]
 
 
-@pytest.mark.xfail(reason="needs the index-folder lock of issue 18 (landing separately)", strict=False)
 def test_concurrent_writers_lose_nothing(report):
     assert report["writers"]["lost"] == 0
 

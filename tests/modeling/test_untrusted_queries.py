@@ -76,7 +76,10 @@ def test_truncate_cuts_long_queries_with_a_warning(tiny, caplog):
     with caplog.at_level(logging.WARNING):
         results = model.retrieve([long_query, "a red circle"], k=2, truncate=True)
     assert re.search(r"query 0 is \d+ prompt tokens, more than max_query_length=256", caplog.text)
-    assert results[0] == model.retrieve([cut], k=2)[0] and len(results[1]) == 2
+    alone = model.retrieve([cut], k=2)[0]  # batched with another query, scores may differ in the last bits
+    assert [hit["identifier"] for hit in results[0]] == [hit["identifier"] for hit in alone]
+    assert [hit["score"] for hit in results[0]] == pytest.approx([hit["score"] for hit in alone], abs=1e-5)
+    assert len(results[1]) == 2
 
 
 def test_describe_puts_only_the_parsed_identifier_in_the_prompt(tiny):

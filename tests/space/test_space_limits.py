@@ -25,13 +25,13 @@ def slow_space(tmp_path_factory, tiny_corpus):
     )
     space = demo.sigma_space
     assert space.wait_until_ready(60), space.status_markdown()
-    search = space.index.search
+    retrieve = space.model.retrieve
 
     def slow_search(*args, **kwargs):
         time.sleep(1.0)
-        return search(*args, **kwargs)
+        return retrieve(*args, **kwargs)
 
-    space.index.search = slow_search
+    space.model.retrieve = slow_search  # every search holds the model for a second
     yield demo, client, space
     client.close()
     demo.close()
@@ -66,7 +66,7 @@ def test_oversized_inputs_are_refused(slow_space, tmp_path, monkeypatch):
     big = tmp_path / "big.png"
     big.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 2**21)
     monkeypatch.setattr(sigma_space, "MAX_UPLOAD_BYTES", 2**20)
-    before = list(space.index.image_ids)
+    before = tuple(space.index.image_ids)
     app_error(
         client,
         gradio_client.handle_file(str(big)),
