@@ -74,18 +74,9 @@ def median_ms(call, repeats: int) -> float:
 
 
 def dict_trie_fn(codes: torch.Tensor, offsets: list[int], prompt_length: int, eos: int):
-    """transformers' reference constraint: a GENRE-style dict trie behind `prefix_allowed_tokens_fn`."""
+    """transformers' reference constraint over the identifiers `codes` (a dict trie of their token ids)."""
     root = bench_stage0.build_dict_trie((codes + torch.tensor(offsets)).tolist())
-
-    def allowed(batch_id: int, sent: torch.Tensor) -> list[int]:
-        node = root
-        for token in sent[prompt_length:].tolist():
-            node = node.get(token)
-            if node is None:
-                return [eos]
-        return list(node) if node else [eos]
-
-    return allowed
+    return bench_stage0.dict_prefix_fn(root, prompt_length, eos)
 
 
 def load_model(checkpoint: str | None):

@@ -364,31 +364,32 @@ def run_checks(sizes: dict, model_path: str | None, workdir: Path, only: set[str
     return report
 
 
+TABLE_ROWS = {  # report key → (check, figures: a str.format template over that part of the report)
+    "fuzz": ("fuzzed queries", "{queries:,} queries: {crashes} crashes, {invalid_identifiers} invalid identifiers, "
+             "{user_control_tokens} prompts with user-typed control tokens; {refused} refused (empty or invalid "
+             "text), {truncated} truncated, {answered} answered"),
+    "images": ("malformed images", "{kinds} kinds: {crashes} crashes, {refused} refused, {added} added; index "
+               "changed after a failure: {changed}"),
+    "kill": ("kill -9 `sigma index add`", "{kills} kills ({finished_first} runs finished first): {failed_loads} "
+             "failed loads, {acknowledged} acknowledged, {lost} lost"),
+    "writers": ("concurrent writers", "{writers} processes × {rounds} rounds: {acknowledged} acknowledged, {lost} "
+                "lost, {refused} refused"),
+    "space": ("Space load", "{clients} clients × {requests_per_client} searches: {errors} errors, {busy} busy, "
+              "{answered} answered, p50 {p50_s} s, p95 {p95_s} s, {seconds} s in all; index unchanged: "
+              "{index_unchanged}"),
+    "determinism": ("determinism", "{runs} runs × {queries} queries: identical identifiers "
+                    "{identical_identifiers}, identical results {identical_results}, identical added identifiers "
+                    "{identical_added_identifiers}"),
+}  # fmt: skip
+
+
 def table(report: dict) -> str:
     rows = ["| check | figures |", "|---|---|"]
-    fuzz, images, kill = report.get("fuzz"), report.get("images"), report.get("kill")
-    writers, space, same = report.get("writers"), report.get("space"), report.get("determinism")
-    if fuzz:
-        rows.append(f"| fuzzed queries | {fuzz['queries']:,} queries: {fuzz['crashes']} crashes, {fuzz['invalid_identifiers']} "
-                    f"invalid identifiers, {fuzz['user_control_tokens']} prompts with user-typed control tokens; "
-                    f"{fuzz['refused']} refused (empty or invalid text), {fuzz['truncated']} truncated, {fuzz['answered']} answered |")  # fmt: skip
-    if images:
-        rows.append(f"| malformed images | {images['kinds']} kinds: {images['crashes']} crashes, {images['refused']} refused, "
-                    f"{images['added']} added; index changed after a failure: {len(images['index_changed_after'])} |")  # fmt: skip
-    if kill:
-        rows.append(f"| kill -9 `sigma index add` | {kill['kills']} kills ({kill['finished_first']} runs finished first): "
-                    f"{kill['failed_loads']} failed loads, {kill['acknowledged']} acknowledged, {kill['lost']} lost |")  # fmt: skip
-    if writers:
-        rows.append(f"| concurrent writers | {writers['writers']} processes × {writers['rounds']} rounds: "
-                    f"{writers['acknowledged']} acknowledged, {writers['lost']} lost, {writers['refused']} refused |")  # fmt: skip
-    if space:
-        rows.append(f"| Space load | {space['clients']} clients × {space['requests_per_client']} searches: {space['errors']} "
-                    f"errors, {space['busy']} busy, {space['answered']} answered, p50 {space['p50_s']} s, p95 {space['p95_s']} s, "
-                    f"{space['seconds']} s in all; index unchanged: {space['index_unchanged']} |")  # fmt: skip
-    if same:
-        rows.append(f"| determinism | {same['runs']} runs × {same['queries']} queries: identical identifiers "
-                    f"{same['identical_identifiers']}, identical results {same['identical_results']}, identical added "
-                    f"identifiers {same['identical_added_identifiers']} |")  # fmt: skip
+    for key, (check, template) in TABLE_ROWS.items():
+        part = report.get(key)
+        if part:
+            figures = template.format_map({**part, "changed": len(part.get("index_changed_after", []))})
+            rows.append(f"| {check} | {figures} |")
     return "\n".join(rows)
 
 

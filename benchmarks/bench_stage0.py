@@ -64,14 +64,16 @@ def build_dict_trie(token_rows: list[list[int]]) -> dict:
     return root
 
 
-def dict_prefix_fn(root: dict):
+def dict_prefix_fn(root: dict, prompt_length: int = PROMPT_LENGTH, eos: int = EOS_TOKEN_ID):
+    """transformers' reference constraint: a GENRE-style dict trie behind `prefix_allowed_tokens_fn`."""
+
     def allowed(batch_id: int, sent: torch.Tensor) -> list[int]:
         node = root
-        for token in sent[PROMPT_LENGTH:].tolist():
+        for token in sent[prompt_length:].tolist():
             node = node.get(token)
             if node is None:
-                return [EOS_TOKEN_ID]
-        return list(node) if node else [EOS_TOKEN_ID]
+                return [eos]
+        return list(node) if node else [eos]
 
     return allowed
 

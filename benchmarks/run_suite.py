@@ -85,14 +85,7 @@ def _load_recipe(name: str):
 
 
 # --------------------------------------------------------------------------------------------- efficiency
-def p50_ms(call, repeats: int) -> float:
-    call()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+p50_ms = bench_decoding.median_ms  # median ms after one warm-up call
 
 
 def interleaved_p50_ms(calls: list, repeats: int) -> list[float]:

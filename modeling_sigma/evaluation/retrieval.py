@@ -75,28 +75,18 @@ def retrieve_split(
     return rankings, [image_ids[o] for o in owners]
 
 
-def evaluate_retrieval(
-    model,
-    dataset,
-    ks=DEFAULT_KS,
-    batch_size: int = 32,
-    num_beams: int | None = None,
-    max_queries=None,
-    rerank_weight: float | None = None,
-    gallery_ids=None,
-    index=None,
-) -> dict:
+def evaluate_retrieval(model, dataset, ks=DEFAULT_KS, **options) -> dict:
     """Text→image Recall@K over the split's captions, searching only the split's images, or the larger
     gallery `gallery_ids`, of `index` (default `model.index`; re-ranked by the similarity head when
     `rerank_weight` is given).
 
-    Returns the `recall@{k}` figures plus `queries`, `images` (the gallery size) and `seconds`.
+    `options` are those of `retrieve_split` (batch_size, num_beams, max_queries, rerank_weight, gallery_ids,
+    index). Returns the `recall@{k}` figures plus `queries`, `images` (the gallery size) and `seconds`.
     """
     start = time.time()
-    rankings, relevant = retrieve_split(
-        model, dataset, max(ks), batch_size, num_beams, max_queries, rerank_weight, gallery_ids, index
-    )
+    rankings, relevant = retrieve_split(model, dataset, k=max(ks), **options)
     metrics = recall_at_k(rankings, relevant, ks)
+    gallery_ids = options.get("gallery_ids")
     images = len(dataset) if gallery_ids is None else len(set(gallery_ids))
     metrics.update(queries=len(rankings), images=images, seconds=round(time.time() - start, 1))
     return metrics

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 _TOKEN_PATTERN = re.compile(r"<id([0-9]+(?:\.[0-9]+)?)_([0-9]+)>")
@@ -32,20 +32,21 @@ class SigmaIdentifierLayout:
         suffix_size (`int`): number of instance-suffix values, position `5`.
     """
 
-    k1: int = 64
-    k2: int = 32
-    k3: int = 16
-    k4: int = 32
-    num_subspaces: int = 1
-    suffix_size: int = 64
+    # the help texts are what `recipes/stage0.py --help` prints for these fields
+    k1: int = field(default=64, metadata={"help": "id1: k-means clusters (semantic anchors)"})
+    k2: int = field(default=32, metadata={"help": "id2: dominant Semi-NMF components per cluster"})
+    k3: int = field(default=16, metadata={"help": "id3: second-order Semi-NMF components"})
+    k4: int = field(default=32, metadata={"help": "id4: residual centroids per subspace"})
+    num_subspaces: int = field(default=1, metadata={"help": "id4: product-quantisation subspaces (M)"})
+    suffix_size: int = field(default=64, metadata={"help": "id5: instance-suffix values"})
 
     def __post_init__(self) -> None:
-        for field in fields(
-            SigmaIdentifierLayout
-        ):  # a subclass (the stage-0 builder config) adds other fields
-            value = getattr(self, field.name)
+        for size_field in fields(SigmaIdentifierLayout):  # a subclass (the builder config) adds other fields
+            value = getattr(self, size_field.name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{type(self).__name__}.{field.name} must be a positive int, got {value!r}")
+                raise ValueError(
+                    f"{type(self).__name__}.{size_field.name} must be a positive int, got {value!r}"
+                )
 
     @property
     def positions(self) -> list[str]:

@@ -377,13 +377,7 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
             One caption per identifier. A malformed identifier raises `ValueError`, one that is well formed but
             not indexed raises `KeyError`; both name the identifier.
         """
-        processor = processor if processor is not None else self.processor
-        if processor is None:
-            raise ValueError(
-                "describe needs a processor: pass `processor=` or load a checkpoint that has one"
-            )
-        if isinstance(identifiers, str) or not isinstance(identifiers, (list, tuple)) or not identifiers:
-            raise ValueError("identifiers must be a non-empty list of strings")
+        processor = self._processor_for("describe", processor, identifiers, "identifiers")
         for identifier in identifiers:
             self.config.layout.string_to_codes(identifier)  # ValueError when malformed
             if self.index is not None:
@@ -409,6 +403,17 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
         new_tokens = sequences[:, input_ids.shape[1] :]  # (batch, new)
         captions = processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         return [caption.strip() for caption in captions]
+
+    def _processor_for(self, method: str, processor, items, name: str):
+        """The processor a `method` call uses, after checking that `items` is a non-empty list."""
+        processor = processor if processor is not None else self.processor
+        if processor is None:
+            raise ValueError(
+                f"{method} needs a processor: pass `processor=` or load a checkpoint that has one"
+            )
+        if isinstance(items, str) or not isinstance(items, (list, tuple)) or not items:
+            raise ValueError(f"{name} must be a non-empty list of strings")
+        return processor
 
     # -------------------------------------------------------------- retrieval
     @torch.no_grad()
@@ -456,13 +461,7 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
             length-normalised beam log-probability, `similarity` the similarity head's score of the query with
             that identifier.
         """
-        processor = processor if processor is not None else self.processor
-        if processor is None:
-            raise ValueError(
-                "retrieve needs a processor: pass `processor=` or load a checkpoint that has one"
-            )
-        if isinstance(queries, str) or not isinstance(queries, (list, tuple)) or not queries:
-            raise ValueError("queries must be a non-empty list of strings")
+        processor = self._processor_for("retrieve", processor, queries, "queries")
         if on_invalid not in ("raise", "skip"):
             raise ValueError(f"on_invalid must be 'raise' or 'skip', got {on_invalid!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -564,14 +563,9 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
         """transformers' beam search with `SigmaTrieLogitsProcessor`, then a forward for the similarity head."""
         input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
         queries = range(input_ids.shape[0])
+        beams = {"num_beams": num_beams, "num_return_sequences": num_beams}
         output = self.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            num_beams=num_beams,
-            num_return_sequences=num_beams,
-            output_scores=True,
-            return_dict_in_generate=True,
-            index=index,
+            **inputs, **beams, output_scores=True, return_dict_in_generate=True, index=index
         )
         length, prompt_length = self.config.layout.length, input_ids.shape[1]
         sequences = output.sequences.view(len(queries), num_beams, -1)[:, :k]  # (batch, k, total)
