@@ -5,9 +5,10 @@
     python benchmarks/run_suite.py --skip-quality     # efficiency only (about 15 min)
     python benchmarks/run_suite.py --plots-only       # redraw plots and tables from results/benchmarks.json
 
-Quality (`recipes/run_embedded.py --ablations --rerank`, TinyShapes, Recall@1/5/10): the two-tower baseline,
-SIGMA-tiny, its four ablations (no stage 1, no stage 2, no soft labels, random identifiers), each with and
-without similarity-head re-ranking; `test` queries (images indexed at training) and `unseen` queries (images
+Quality (`recipes/run_embedded.py --ablations --rerank --seeds 2`, TinyShapes, Recall@1/5/10): the two-tower
+baseline (alone and with the pseudo-queries), SIGMA-tiny (with pseudo-queries and paper-faithful), its four
+ablations (no stage 1, no stage 2, no soft labels, random identifiers), each trained with two seeds, with and
+without similarity-head re-ranking, and the paired bootstrap interval of every difference; `test` queries (images indexed at training) and `unseen` queries (images
 added after training by stage-1 generation or by the stage-0 quantiser), each searched in its own gallery, and
 for generation-assigned images also in one test + unseen gallery, where old and new images compete.
 
@@ -46,6 +47,7 @@ import bench_stage0
 import numpy as np
 import torch
 
+from modeling_sigma.evaluation.tables import format_caption_types, format_comparisons, table_rows
 from modeling_sigma.modeling.identifier_layout import SigmaIdentifierLayout
 from modeling_sigma.training.backbone import build_sigma_model
 
@@ -65,12 +67,14 @@ QUERIES = [
 def run_quality(reuse: bool) -> dict:
     """Trains and evaluates every system of the quality table (recipes/run_embedded.py)."""
     run_embedded = _load_recipe("run_embedded")
-    argv = ["--ablations", "--rerank", "--results", os.path.join(RESULTS, "embedded.json")]
+    argv = ["--ablations", "--rerank", "--seeds", "2", "--results", os.path.join(RESULTS, "embedded.json")]
     report = run_embedded.main(argv + (["--reuse"] if reuse else []))
-    rows = run_embedded.table_rows(report["results"])
+    rows = table_rows(report["results"])
     return {
         "command": "recipes/run_embedded.py " + " ".join(argv),
         "rows": rows,
+        "differences": report["differences"],
+        "by_caption_type": report["by_caption_type"],
         "seconds": report["seconds"],
     }
 
@@ -265,6 +269,9 @@ def quality_table(quality: dict) -> str:
         rerank = "yes" if row["reranked"] else "no"
         recall = " | ".join(str(row[f"R@{k}"]) for k in (1, 5, 10))
         lines.append(f"| {row['system']} | {row['queries_on']} | {row['gallery']} | {rerank} | {recall} |")
+    if quality.get("differences"):  # runs before the bootstrap intervals had none
+        lines += ["", format_comparisons(quality["differences"])]
+        lines += ["", format_caption_types(quality.get("by_caption_type", {}))]
     return "\n".join(lines)
 
 

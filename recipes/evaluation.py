@@ -22,6 +22,7 @@ from transformers import HfArgumentParser
 from modeling_sigma.data.corpus import get_split, load_corpus
 from modeling_sigma.evaluation import recall_metric
 from modeling_sigma.evaluation.retrieval import retrieve_split
+from modeling_sigma.evaluation.statistics import relevant_ranks
 from modeling_sigma.training.arguments import load_previous_stage
 from modeling_sigma.training.recipe_config import parse_recipe_args
 
@@ -92,6 +93,8 @@ def main(args: EvaluateArguments) -> dict:
     results = recall.compute(predictions=rankings, references=[[image_id] for image_id in relevant])
     report = {"arguments": asdict(args), "queries": len(rankings), "images": len(dataset), **results}
     print(json.dumps(report, indent=2))
+    # per-query ranks of the relevant image (0: not in the top 10), for paired bootstrap intervals
+    report["ranks"] = relevant_ranks(rankings, relevant)
     if args.output_file:
         os.makedirs(os.path.dirname(os.path.abspath(args.output_file)), exist_ok=True)
         with open(args.output_file, "w") as stream:

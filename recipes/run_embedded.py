@@ -3,10 +3,13 @@
     python recipes/run_embedded.py                  # SIGMA-tiny and the two-tower baseline
     python recipes/run_embedded.py --ablations      # + no stage 1, no stage 2, no soft labels, random ids
     python recipes/run_embedded.py --smoke          # tiny schedules, for a quick check of the plumbing
+    python recipes/run_embedded.py --seeds 2        # every SIGMA system trained with seeds 0 and 1
 
 Steps: TinyShapes corpus → tiny CLIP encoder → two-tower baseline → stage 0 identifiers → stage 1 →
-stage 2 → stage 3 → Recall@1/5/10 on the same test captions. Every step is a recipe of this folder, run
-in-process with `recipes/configs/tiny-shapes.yaml`; the table is printed and written to `results/`.
+stage 2 → stage 3 (with pseudo-queries, and again without: the paper-faithful row) → Recall@1/5/10 on the
+same test captions → the two-tower baseline again with the same pseudo-queries (equal information). Every step
+is a recipe of this folder, run in-process with `recipes/configs/tiny-shapes.yaml`; the tables (Recall@K, paired
+bootstrap intervals of every difference, Recall@K per caption type) are printed and written to `results/`.
 """
 
 from __future__ import annotations
@@ -18,9 +21,26 @@ import os
 import time
 from functools import partial
 
+import numpy as np
+
 from modeling_sigma.data.corpus import EMBEDDED_CORPUS_NAME, caption_pairs, load_corpus
-from modeling_sigma.evaluation.two_tower import evaluate_two_tower
+from modeling_sigma.evaluation.metrics import recall_at_k
+from modeling_sigma.evaluation.statistics import (
+    TINY_SHAPES_CAPTION_TYPES,
+    caption_types_by_position,
+    relevant_ranks,
+)
+from modeling_sigma.evaluation.tables import (
+    caption_type_rows,
+    comparison_rows,
+    format_caption_types,
+    format_comparisons,
+    format_table,
+    open_set_summary,
+)
+from modeling_sigma.evaluation.two_tower import expand_with_captions, two_tower_rankings
 from modeling_sigma.identifiers.encoders import encode_split, load_encoder
+from modeling_sigma.training.pseudo_queries import SigmaCaptionerConfig, get_pseudo_queries
 from modeling_sigma.training.recipe_config import read_section
 from modeling_sigma.training.recipe_config import run_recipe as run_recipe_file
 
@@ -28,6 +48,17 @@ RECIPES = os.path.dirname(os.path.abspath(__file__))
 CONFIG = os.path.join(RECIPES, "configs", "tiny-shapes.yaml")
 SMOKE_OVERRIDES = ["--max_steps", "3", "--save_strategy", "no"]
 RERANK_WEIGHT = 1.0  # fused_score = beam log-probability + w * log(similarity head)
+PAPER_FAITHFUL = {"stage3-paper": ["--pseudo_queries", "none"]}  # stage-3 variant: no pseudo-queries
+TWO_TOWER = "two-tower (tiny CLIP + faiss)"
+TWO_TOWER_PSEUDO = "two-tower + the same pseudo-queries"
+SIGMA = "SIGMA-tiny"
+PAPER = "SIGMA-tiny, paper-faithful (no pseudo-queries)"
+# (mode, stage-3 folder, row name) of the open-set runs: images added after training, without retraining
+OPEN_SET_RUNS = [
+    ("generate", "stage3", f"{SIGMA}, unseen images added after training (generate)"),
+    ("quantizer", "stage3", f"{SIGMA}, unseen images added after training (quantizer)"),
+    ("generate", "stage3-paper", f"{PAPER}, unseen images added after training (generate)"),
+]
 # name → (extra flags per stage, stage-0 flags)
 ABLATIONS = {
     "w/o stage 1 (memorise)": ({"stage1": ["--num_train_epochs", "0"]}, []),
@@ -42,16 +73,44 @@ def run_recipe(name: str, flags: list[str]):
     return run_recipe_file(os.path.join(RECIPES, f"{name}.py"), ["--config", CONFIG, *flags])
 
 
-def run_two_tower(cache_dir: str) -> dict[str, float]:
+def run_two_tower(cache_dir: str, pseudo_queries: dict[str, list[str]] | None = None) -> dict:
+    """Dense retrieval with the tiny CLIP; with `pseudo_queries`, each image vector is expanded with its
+    pseudo-queries' text vectors (`expand_with_captions`): the same extra information SIGMA trains on."""
     corpus = load_corpus(EMBEDDED_CORPUS_NAME, cache_dir=cache_dir)
     encoder = load_encoder("tiny-clip", cache_dir=cache_dir)
     test = corpus["test"]
     image_features = encode_split(encoder, test, EMBEDDED_CORPUS_NAME, "test", cache_dir)
     query_features = encode_split(encoder, test, EMBEDDED_CORPUS_NAME, "test", cache_dir, kind="captions")
-    _, owners = caption_pairs(test)
     ids = test["image_id"]
-    metrics = evaluate_two_tower(image_features, ids, query_features, [ids[o] for o in owners])
-    return {**metrics, "queries": len(owners), "images": len(ids)}
+    if pseudo_queries is not None:
+        captions = [pseudo_queries.get(image_id, []) for image_id in ids]
+        flat = encoder.encode_texts([c for image_captions in captions for c in image_captions])
+        bounds = np.cumsum([0] + [len(image_captions) for image_captions in captions])
+        image_features = expand_with_captions(image_features, [flat[a:b] for a, b in zip(bounds, bounds[1:])])
+    _, owners = caption_pairs(test)
+    relevant = [ids[o] for o in owners]
+    rankings = two_tower_rankings(image_features, ids, query_features)
+    metrics = recall_at_k(rankings, relevant)
+    return {
+        **metrics,
+        "queries": len(owners),
+        "images": len(ids),
+        "ranks": relevant_ranks(rankings, relevant),
+    }
+
+
+def stage3_pseudo_queries(cache_dir: str, seed: int = 0) -> dict[str, list[str]]:
+    """The pseudo-queries stage 3 trained on (read from their cache; computed there if missing)."""
+    section = read_section(CONFIG, "stage3")
+    corpus = load_corpus(EMBEDDED_CORPUS_NAME, cache_dir=cache_dir)
+    config = SigmaCaptionerConfig(
+        epochs=float(section.get("captioner_epochs", 6.0)),
+        per_image=int(section.get("pseudo_queries_per_image", 5)),
+        seed=seed,
+    )
+    splits = [corpus[name] for name in section.get("train_splits", ["train"]) if name != "train"]
+    captioner = section.get("pseudo_queries") or "embedded"
+    return get_pseudo_queries(captioner, corpus["train"], splits, cache_dir, config)
 
 
 RUN_RECORD = ".sigma_run.json"  # what produced a finished stage folder (for --reuse)
@@ -80,9 +139,14 @@ def run_sigma(
     smoke: bool,
     reuse: bool = False,
     rerank: bool = False,
+    variants: dict[str, list[str]] | None = None,
 ) -> dict:
     """Stage 0 → 3 and evaluation into `root`; returns the evaluation report (with `rerank`, plus the
-    similarity-head re-ranked figures under `"reranked"`)."""
+    similarity-head re-ranked figures under `"reranked"`).
+
+    `variants` (folder name → stage-3 flags) trains further stage-3 models from the same stage-2 checkpoint
+    (e.g. the paper-faithful one without pseudo-queries); their reports come back under `"variants"`.
+    """
     dirs = {f"stage{n}": os.path.join(root, f"stage{n}") for n in range(4)}
     common = SMOKE_OVERRIDES if smoke else []
     run_stage("stage0", ["--output_dir", dirs["stage0"], *stage0_flags], dirs["stage0"], reuse)
@@ -91,9 +155,22 @@ def run_sigma(
         flags = ["--stage0_dir", dirs["stage0"], "--output_dir", dirs[stage], "--disable_tqdm", "true"]
         flags += ["--model_name_or_path", previous] if previous else []
         run_stage(stage, [*flags, *common, *stage_flags.get(stage, [])], dirs[stage], reuse)
-        previous = dirs[stage]
-    flags = ["--model_name_or_path", previous] + (["--max_queries", "64"] if smoke else [])
-    report = run_recipe("evaluation", flags + ["--output_file", os.path.join(root, "evaluation.json")])
+        previous = dirs[stage] if stage != "stage3" else previous
+    report = evaluate_stage3(dirs["stage3"], root, "evaluation", smoke, rerank)
+    report["variants"] = {}
+    for name, extra in (variants or {}).items():
+        output = os.path.join(root, name)
+        flags = ["--stage0_dir", dirs["stage0"], "--output_dir", output, "--disable_tqdm", "true"]
+        flags += ["--model_name_or_path", previous, *common, *stage_flags.get("stage3", []), *extra]
+        run_stage("stage3", flags, output, reuse)
+        report["variants"][name] = evaluate_stage3(output, root, f"evaluation-{name}", smoke, rerank)
+    return report
+
+
+def evaluate_stage3(checkpoint: str, root: str, name: str, smoke: bool, rerank: bool) -> dict:
+    """Recall@K of a stage-3 checkpoint on the test captions (and re-ranked by the similarity head)."""
+    flags = ["--model_name_or_path", checkpoint] + (["--max_queries", "64"] if smoke else [])
+    report = run_recipe("evaluation", flags + ["--output_file", os.path.join(root, f"{name}.json")])
     if not rerank:
         return report
     reranked = run_recipe(
@@ -103,14 +180,20 @@ def run_sigma(
             "--rerank_weight",
             str(RERANK_WEIGHT),
             "--output_file",
-            os.path.join(root, "evaluation-rerank.json"),
+            os.path.join(root, f"{name}-rerank.json"),
         ],
     )
     return {**report, "reranked": reranked}
 
 
 def run_open_set(
-    root: str, cache_dir: str, mode: str, smoke: bool, rerank: bool = False, joint: bool = False
+    root: str,
+    cache_dir: str,
+    mode: str,
+    smoke: bool,
+    rerank: bool = False,
+    joint: bool = False,
+    checkpoint: str = "stage3",
 ) -> dict:
     """Adds the never-trained-on `unseen` images to the stage-3 model's index without training
     (`mode`: the model's stage-1 generation or the stage-0 quantiser), then queries their captions.
@@ -124,7 +207,7 @@ def run_open_set(
     from modeling_sigma.open_set.index import add_images
     from modeling_sigma.training.arguments import load_previous_stage
 
-    model, _ = load_previous_stage(os.path.join(root, "stage3"), "stage3")
+    model, _ = load_previous_stage(os.path.join(root, checkpoint), "stage3")
     corpus = load_corpus(EMBEDDED_CORPUS_NAME, cache_dir=cache_dir)
     unseen = corpus["unseen"]
     if smoke:  # a 3-step model writes one prefix for every image: keep within the suffix capacity
@@ -152,61 +235,80 @@ def run_open_set(
     return metrics
 
 
-def table_rows(results: dict[str, dict]) -> list[dict]:
-    """One flat row per figure set of `main`'s results: `system`, `queries_on`, `gallery` (with its size),
-    `reranked` and `R@1/5/10` in %. Nested re-ranked and joint-gallery figures become rows of their own."""
-    rows = []
+def seed_flags(seed: int) -> tuple[dict, list[str]]:
+    """Stage flags and stage-0 flags that train a whole SIGMA system with `seed` (seed 0: the config's own)."""
+    if seed == 0:
+        return {}, []
+    return {stage: ["--seed", str(seed)] for stage in ("stage1", "stage2", "stage3")}, ["--seed", str(seed)]
 
-    def add(system: str, figures: dict, reranked: bool, defaults: dict) -> None:
-        queries_on = figures.get("queries_on", defaults.get("queries_on", "test"))
-        gallery = figures.get("gallery", defaults.get("gallery", queries_on))
-        size = figures.get("images", defaults.get("images"))
-        recall = {f"R@{k}": round(100 * figures[f"recall@{k}"], 1) for k in (1, 5, 10)}
-        gallery_label = f"{gallery} ({size})" if size else gallery
-        rows.append(
-            {
-                "system": system,
-                "queries_on": queries_on,
-                "gallery": gallery_label,
-                "reranked": reranked,
-                **recall,
-            }
+
+def merge_flags(*flag_sets: dict) -> dict:
+    merged = {}
+    for flags in flag_sets:
+        for stage, values in flags.items():
+            merged[stage] = merged.get(stage, []) + values
+    return merged
+
+
+def run_systems(args, cache_dir: str, timings: dict) -> dict[str, dict]:
+    """Every row of the Recall@K table, seed by seed; names end in ` (seed s)` when several seeds run."""
+    rows = {TWO_TOWER: run_two_tower(cache_dir)}
+    timings["two-tower"] = round(time.time() - args.start, 1)
+    for seed in range(args.seeds):
+        tag = f" (seed {seed})" if args.seeds > 1 else ""
+        root = args.output_dir if seed == 0 else os.path.join(args.output_dir, f"seed-{seed}")
+        stage_flags, stage0_flags = seed_flags(seed)
+        lap = time.time()
+        report = run_sigma(
+            root, stage_flags, stage0_flags, args.smoke, args.reuse, args.rerank, PAPER_FAITHFUL
         )
-
-    for system, metrics in results.items():
-        add(system, metrics, False, {})
-        if metrics.get("reranked"):
-            add(system, metrics["reranked"], True, metrics)
-        for figures in metrics.get("joint_gallery", {}).values():
-            add(system, figures, False, {})
+        rows[SIGMA + tag] = report
+        rows[PAPER + tag] = report.pop("variants")["stage3-paper"]
+        rows[TWO_TOWER_PSEUDO + tag] = run_two_tower(cache_dir, stage3_pseudo_queries(cache_dir, seed))
+        timings[SIGMA + tag] = round(time.time() - lap, 1)
+        if seed == 0:
+            for mode, checkpoint, name in OPEN_SET_RUNS:
+                lap = time.time()
+                rows[name] = run_open_set(
+                    root,
+                    cache_dir,
+                    mode,
+                    args.smoke,
+                    args.rerank,
+                    joint=mode == "generate",
+                    checkpoint=checkpoint,
+                )
+                timings[name] = round(time.time() - lap, 1)
+        if args.ablations:
+            for number, (name, (flags, stage0)) in enumerate(ABLATIONS.items()):
+                lap = time.time()
+                rows[name + tag] = run_sigma(
+                    os.path.join(root, f"ablation-{number}"),
+                    merge_flags(stage_flags, flags),
+                    stage0_flags + stage0,
+                    args.smoke,
+                    args.reuse,
+                    args.rerank,
+                )
+                rows[name + tag].pop("variants")
+                timings[name + tag] = round(time.time() - lap, 1)
     return rows
 
 
-def format_table(results: dict[str, dict], chance: float) -> str:
-    lines = ["| system | queries on | gallery | R@1 | R@5 | R@10 |", "|---|---|---|---|---|---|"]
-    for row in table_rows(results):
-        label = f"{row['system']} + re-ranking" if row["reranked"] else row["system"]
-        cells = " | ".join(str(row[f"R@{k}"]) for k in (1, 5, 10))
-        lines.append(f"| {label} | {row['queries_on']} | {row['gallery']} | {cells} |")
-    lines.append(
-        f"| chance (1 / test images) | test | test | {100 * chance:.1f} | {500 * chance:.1f} | {1000 * chance:.1f} |"
-    )
-    return "\n".join(lines)
-
-
-def open_set_summary(results: dict[str, dict]) -> str:
-    """The open-set check in one line per mode: unseen R@10 as a share of test R@10 in the same gallery."""
-    lines = []
-    for system, metrics in results.items():
-        joint = metrics.get("joint_gallery")
-        if joint:
-            unseen, test = (100 * joint[split]["recall@10"] for split in ("unseen", "test"))
-            share = f"{100 * unseen / test:.0f} %" if test else "n/a"
-            lines.append(
-                f"open set, {system}: R@10 {unseen:.1f} on unseen queries vs {test:.1f} on test queries, "
-                f"same gallery of {joint['test']['images']} images ({share})"
-            )
-    return "\n".join(lines)
+def comparisons(seeds: int, ablations: bool) -> list[tuple[str, str]]:
+    """The differences the README claims, per seed: SIGMA against both baselines, the paper-faithful row
+    against the two-tower, pseudo-queries' contribution, and each ablation against the full system."""
+    pairs = []
+    for seed in range(seeds):
+        tag = f" (seed {seed})" if seeds > 1 else ""
+        pairs += [
+            (SIGMA + tag, TWO_TOWER),
+            (SIGMA + tag, TWO_TOWER_PSEUDO + tag),
+            (PAPER + tag, TWO_TOWER),
+            (SIGMA + tag, PAPER + tag),
+        ]
+        pairs += [(SIGMA + tag, name + tag) for name in ABLATIONS] if ablations else []
+    return pairs
 
 
 def main(argv=None) -> dict:
@@ -216,6 +318,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--output-dir", default="outputs/tiny-shapes", help="checkpoints of every stage")
     parser.add_argument("--results", default="results/embedded.json", help="where the table is written")
     parser.add_argument("--ablations", action="store_true", help="also train the four ablations (~4× longer)")
+    parser.add_argument("--seeds", type=int, default=1, help="train every SIGMA system with seeds 0..N-1")
     parser.add_argument("--smoke", action="store_true", help="3 steps per stage, 64 queries: plumbing only")
     parser.add_argument(
         "--rerank", action="store_true", help="also report every SIGMA row re-ranked by the similarity head"
@@ -224,39 +327,35 @@ def main(argv=None) -> dict:
         "--reuse", action="store_true", help="skip stages whose folder a run with the same flags finished"
     )
     args = parser.parse_args(argv)
-    start, timings = time.time(), {}
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+    args.start, timings = time.time(), {}
     cache_dir = read_section(CONFIG, "stage0").get("cache_dir", "outputs/cache")
-
-    rows = {"two-tower (tiny CLIP + faiss)": run_two_tower(cache_dir)}
-    timings["two-tower"] = round(time.time() - start, 1)
-    rows["SIGMA-tiny"] = run_sigma(args.output_dir, {}, [], args.smoke, args.reuse, args.rerank)
-    timings["SIGMA-tiny"] = round(time.time() - start - timings["two-tower"], 1)
-    for mode in ("generate", "quantizer"):
-        lap = time.time()
-        rows[f"SIGMA-tiny, unseen images added after training ({mode})"] = run_open_set(
-            args.output_dir, cache_dir, mode, args.smoke, args.rerank, joint=mode == "generate"
-        )
-        timings[f"open-set {mode}"] = round(time.time() - lap, 1)
-    if args.ablations:
-        for number, (name, (stage_flags, stage0_flags)) in enumerate(ABLATIONS.items()):
-            root = os.path.join(args.output_dir, f"ablation-{number}")
-            lap = time.time()
-            rows[name] = run_sigma(root, stage_flags, stage0_flags, args.smoke, args.reuse, args.rerank)
-            timings[name] = round(time.time() - lap, 1)
+    rows = run_systems(args, cache_dir, timings)
 
     corpus = load_corpus(EMBEDDED_CORPUS_NAME, cache_dir=cache_dir)
-    table = format_table(rows, 1 / len(corpus["test"]))
+    test = corpus["test"]
+    _, owners = caption_pairs(test)
+    differences = comparison_rows(rows, comparisons(args.seeds, args.ablations), owners)
+    types = caption_types_by_position([len(c) for c in test["captions"]], TINY_SHAPES_CAPTION_TYPES)
+    by_type = caption_type_rows(rows, [TWO_TOWER, TWO_TOWER_PSEUDO, SIGMA, PAPER], types)
     print(
         f"\nText→image retrieval on TinyShapes, Recall@K in %: each row queries the captions of one split "
-        f"(test: {len(corpus['test'])} images indexed at training; unseen: {len(corpus['unseen'])} images added "
+        f"(test: {len(test)} images indexed at training; unseen: {len(corpus['unseen'])} images added "
         f"after training) and searches the gallery named, with its size"
-        f"{' (smoke run: 64 queries)' if args.smoke else ''}\n{table}\n\n{open_set_summary(rows)}"
+        f"{' (smoke run: 64 queries)' if args.smoke else ''}\n{format_table(rows, 1 / len(test))}\n\n"
+        f"{open_set_summary(rows)}\n\nDifferences in Recall@K points (test captions, paired by query):\n"
+        f"{format_comparisons(differences)}\n\nRecall@K by caption type (test captions, %):\n"
+        f"{format_caption_types(by_type)}"
     )
     report = {
         "results": rows,
+        "differences": differences,
+        "by_caption_type": by_type,
         "seconds": timings,
-        "wall_time_s": round(time.time() - start, 1),
+        "wall_time_s": round(time.time() - args.start, 1),
         "smoke": args.smoke,
+        "seeds": args.seeds,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
     with open(args.results, "w") as stream:

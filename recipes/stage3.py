@@ -6,6 +6,9 @@
 Before training, a teacher scores every (train image, caption) pair in [0, 1] and the scores are stored as
 the `soft_labels` column (`teacher: null` trains with hard labels only, the "no soft labels" ablation).
 `replay_fraction` (default 0) mixes replayed stage-1 samples in, which keeps open-set assignment by generation.
+`pseudo_queries` (default off, the paper's stage 3) adds caption → identifier examples on captions a captioner
+wrote for the indexed images outside `train` (`modeling_sigma/training/pseudo_queries.py`); their own captions
+are never read.
 Starts from the stage-2 checkpoint (`model_name_or_path`); resumes from the last checkpoint in output_dir.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 from modeling_sigma.data.corpus import get_split
 from modeling_sigma.training import arguments as stage
 from modeling_sigma.training.examples import alignment_examples, memorization_examples, replay_examples
+from modeling_sigma.training.pseudo_queries import stage_pseudo_queries
 from modeling_sigma.training.soft_labels import SOFT_LABEL_COLUMN, add_soft_labels
 
 SECTION = "stage3"
@@ -49,6 +53,10 @@ def main(script_args: stage.SigmaStageArguments, training_args) -> dict:
     train = soft_labelled_train_split(script_args, corpus)
     soft_column = None if hard_labels_only(script_args.teacher) else SOFT_LABEL_COLUMN
     examples = alignment_examples(train, identifiers, soft_column)
+    pseudo = []
+    for split in stage_pseudo_queries(script_args, corpus, training_args.seed):
+        pseudo += alignment_examples(split, identifiers, None)  # hard labels: the teacher never scored them
+    examples += pseudo
     fraction = stage.stage_replay_fraction(script_args, SECTION)
     splits = stage.indexed_splits(corpus, script_args) if fraction > 0 else []
     replay = replay_examples(
@@ -56,7 +64,8 @@ def main(script_args: stage.SigmaStageArguments, training_args) -> dict:
     )
     examples += replay
     print(
-        f"stage 3: {len(examples)} examples ({len(replay)} replayed), soft labels from {script_args.teacher}"
+        f"stage 3: {len(examples)} examples ({len(replay)} replayed, {len(pseudo)} pseudo-queries), "
+        f"soft labels from {script_args.teacher}"
     )
 
     # ----- train and save -----

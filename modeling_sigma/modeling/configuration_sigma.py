@@ -9,6 +9,7 @@ from .identifier_layout import SigmaIdentifierLayout
 MEMORIZATION_PROMPT = "Generate the identifier for this image."
 COMPREHENSION_PROMPT = "Describe the image represented by the identifier {identifier}"
 RETRIEVAL_PROMPT = "Generate the identifier of the image that matches this description: {query}"
+CAPTIONING_PROMPT = "Describe this image."
 
 
 class SigmaConfig(PreTrainedConfig):
@@ -34,6 +35,9 @@ class SigmaConfig(PreTrainedConfig):
             Stage-2 prompt with an `{identifier}` placeholder.
         retrieval_prompt (`str`, *optional*):
             Stage-3 / inference prompt with a `{query}` placeholder.
+        captioning_prompt (`str`, *optional*):
+            Prompt that follows the image when the model captions it ("Describe this image."): the task of the
+            embedded pseudo-query captioner (`training.pseudo_queries`), not one of the paper's three stages.
         max_query_length (`int`, *optional*, defaults to 256):
             Longest tokenised retrieval prompt accepted by `retrieve`; longer queries raise a `ValueError`.
         num_beams (`int`, *optional*, defaults to 10):
@@ -55,6 +59,7 @@ class SigmaConfig(PreTrainedConfig):
     memorization_prompt: str = MEMORIZATION_PROMPT
     comprehension_prompt: str = COMPREHENSION_PROMPT
     retrieval_prompt: str = RETRIEVAL_PROMPT
+    captioning_prompt: str = CAPTIONING_PROMPT
     max_query_length: int = 256
     num_beams: int = 10
     eos_token_id: int | None = None

@@ -42,6 +42,17 @@ class SigmaStageArguments:
     lambda_ssp: float | None = field(
         default=None, metadata={"help": "stage 3: weight of the similarity loss"}
     )
+    pseudo_queries: str | None = field(
+        default=None,
+        metadata={
+            "help": "stage 3: captioner of pseudo-queries for the indexed images outside `train` ('embedded': "
+            "a tiny captioner trained on train; or a Qwen2.5-VL-Instruct id, zero-shot). None: the paper's stage 3"
+        },
+    )
+    pseudo_queries_per_image: int = field(default=5, metadata={"help": "stage 3: pseudo-queries per image"})
+    captioner_epochs: float = field(
+        default=6.0, metadata={"help": "stage 3: epochs of the embedded captioner"}
+    )
     alignment_replay_fraction: float | None = field(
         default=None, metadata={"help": "deprecated: stage 3's former name of replay_fraction"}
     )

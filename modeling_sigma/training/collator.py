@@ -41,15 +41,16 @@ class SigmaCollator:
         source, row = example.get("image_source"), example.get("image_row")
         if source is None or row is None or not 0 <= source < len(self.image_sources):
             raise ValueError(
-                f"memorize example names image source {source!r} row {row!r}, but the collator holds "
+                f"{example['task']} example names image source {source!r} row {row!r}, but the collator holds "
                 f"{len(self.image_sources)} image source(s): pass the splits as SigmaCollator(image_sources=...)"
             )
         return load_image(self.image_sources[source][int(row)]["image"])
 
     def _prompt(self, example: dict) -> tuple[str, list]:
         task = example["task"]
-        if task == "memorize":
-            content = [{"type": "image"}, {"type": "text", "text": self.config.memorization_prompt}]
+        if task in ("memorize", "caption"):
+            prompt = self.config.memorization_prompt if task == "memorize" else self.config.captioning_prompt
+            content = [{"type": "image"}, {"type": "text", "text": prompt}]
             images = [self.processor.prepare_image(self._image(example))]
         elif task == "comprehend":
             content = self.config.comprehension_prompt.format(identifier=example["identifier"])
@@ -58,7 +59,7 @@ class SigmaCollator:
             content = self.config.retrieval_prompt.format(query=example["query"])
             images = []
         else:
-            raise ValueError(f"Unknown task {task!r}; expected memorize, comprehend or align.")
+            raise ValueError(f"Unknown task {task!r}; expected memorize, comprehend, align or caption.")
         messages = [{"role": "user", "content": content}]
         text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return text, images
