@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .text_decoder import make_decoder
 from .trie import SigmaTrieChildren
 
 __all__ = ["SCORING_MODES", "SigmaBeamSearchOutput", "expand_beams", "sigma_beam_search"]
@@ -133,17 +134,6 @@ def expand_beams(
     return scores, parents, codes.view(-1)[slot], child_nodes.view(-1)[slot]
 
 
-def _step(backbone, tokens, attention_mask, positions, cache, cache_name):
-    outputs = backbone.model(
-        input_ids=tokens,
-        attention_mask=attention_mask,
-        position_ids=positions,
-        use_cache=True,
-        **{cache_name: cache},
-    )
-    return outputs.last_hidden_state[:, -1], getattr(outputs, cache_name)  # (rows, hidden), cache
-
-
 @torch.no_grad()
 def sigma_beam_search(
     backbone,
@@ -156,6 +146,7 @@ def sigma_beam_search(
     eos_token_id: int | None = None,
     length_penalty: float = 1.0,
     cache_name: str = "cache",
+    lean: bool = True,
 ) -> SigmaBeamSearchOutput:
     """Constrained beam search over the identifiers of a trie, for text-only left-padded prompts.
 
@@ -170,6 +161,8 @@ def sigma_beam_search(
         eos_token_id (`int`, *optional*): end token scored after the identifier in `"exact"` mode.
         length_penalty (`float`, *optional*, defaults to 1.0): scores are divided by `(length + 1) ** length_penalty`.
         cache_name (`str`, *optional*): keyword of the key/value cache in the installed transformers release.
+        lean (`bool`, *optional*, defaults to `True`): run the forward passes with `SigmaTextDecoder` where the
+            backbone allows it (`text_decoder.make_decoder`); `False` always calls the backbone's own forward.
     """
     if scoring == "exact" and eos_token_id is None:
         raise ValueError("exact scoring needs the eos_token_id")
@@ -177,33 +170,21 @@ def sigma_beam_search(
     children = children.to(device)
     lm_head = backbone.get_output_embeddings()
     scorer = _LevelScorer(lm_head, list(token_offsets), children.sizes, scoring, eos_token_id)
-    offsets = torch.as_tensor(list(token_offsets), device=device)
-    batch, prompt_length = input_ids.shape
-
-    # prefill once per query; text positions follow the mask (left padding), as in SigmaForRetrieval.forward
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (batch, prompt)
-    hidden, cache = _step(backbone, input_ids, attention_mask, positions, None, cache_name)
+    batch = input_ids.shape[0]
+    decoder = make_decoder(backbone, attention_mask, num_beams, length, cache_name, lean=lean)
+    hidden = decoder.prefill(input_ids)  # (batch, hidden)
     # every query starts as one beam at the trie root
     scores = hidden.new_zeros(batch, 1, dtype=torch.float32)
     node = torch.zeros(batch, 1, dtype=torch.long, device=device)
-    mask = torch.cat(
-        [attention_mask, attention_mask.new_ones(batch, length)], dim=1
-    )  # (batch, prompt + length)
-    next_position = attention_mask.long().sum(-1, keepdim=True)  # (batch, 1)
     history = torch.zeros(batch, 0, dtype=torch.long, device=device)
     state_sum = torch.zeros_like(hidden)  # (batch, hidden)
     for level in range(length):
         level_log_probs = scorer.level(hidden, level)  # (rows, K_level)
         scores, parent, code, node = expand_beams(children, level, node, scores, level_log_probs, num_beams)
-        # the first step spreads each query's prompt cache over its beams; later ones follow the parents
-        cache.reorder_cache(parent)
-        mask, next_position = mask.index_select(0, parent), next_position.index_select(0, parent)
         history = torch.cat([history.index_select(0, parent), code[:, None]], dim=1)  # (rows, level + 1)
         state_sum = state_sum.index_select(0, parent)
         node = node.view(batch, num_beams)
-        step_mask = mask[:, : prompt_length + level + 1]
-        tokens = (code + offsets[level])[:, None]  # (rows, 1)
-        hidden, cache = _step(backbone, tokens, step_mask, next_position + level, cache, cache_name)
+        hidden = decoder.step(code + token_offsets[level], parent, level)  # (rows, hidden)
         state_sum = state_sum + hidden  # last-layer state of the identifier token just written
 
     rows = batch * num_beams

@@ -481,7 +481,7 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
         if engine not in ("sigma", "generate") or (engine == "generate" and scoring != "exact"):
             raise ValueError(f"engine must be 'sigma' or 'generate' (exact scoring only), got {engine!r}")
         decode = self._generate_hits if engine == "generate" else self._decode_hits
-        queries, problems = self._check_queries(list(queries), processor, truncate)
+        prompt_ids, problems = self._check_queries(list(queries), processor, truncate)
         if problems:
             listing = "; ".join(f"query {position}: {reason}" for position, reason in problems.items())
             if on_invalid == "raise":
@@ -492,16 +492,16 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
         for start in range(0, len(valid), batch_size):
             chunk = valid[start : start + batch_size]
             hits = decode(
-                self._query_inputs([queries[i] for i in chunk], processor), k, num_beams, scoring, index
+                self._query_inputs([prompt_ids[i] for i in chunk], processor), k, num_beams, scoring, index
             )
             for position, query_hits in zip(chunk, hits):
                 results[position] = query_hits
         return results
 
-    def _check_queries(self, queries: list, processor, truncate: bool) -> tuple[list, dict[int, str]]:
-        """The queries (over-long ones cut when `truncate`) and the reason each invalid one is refused."""
+    def _check_queries(self, queries: list, processor, truncate: bool) -> tuple[dict, dict[int, str]]:
+        """Prompt ids of each valid query (over-long ones cut when `truncate`) and why each invalid one is refused."""
         limit, prompt = self.config.max_query_length, self.config.retrieval_prompt
-        problems = {}
+        prompt_ids, problems = {}, {}
         for index, query in enumerate(queries):
             if not isinstance(query, str):
                 problems[index] = f"not a string ({type(query).__name__})"
@@ -512,24 +512,27 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
             if any("\ud800" <= character <= "\udfff" for character in query):
                 problems[index] = "not valid Unicode (a lone surrogate code point)"
                 continue
-            length = len(processor.query_prompt_ids(query, prompt))
+            ids = processor.query_prompt_ids(query, prompt)
+            length = len(ids)
             if length <= limit:
+                prompt_ids[index] = ids
                 continue
             if not truncate:
                 problems[index] = (
                     f"{length} prompt tokens, more than max_query_length={limit} (pass truncate=True to cut it)"
                 )
                 continue
-            queries[index] = processor.truncate_query(query, limit, prompt)
+            cut = processor.truncate_query(query, limit, prompt)
+            prompt_ids[index] = processor.query_prompt_ids(cut, prompt)
             logger.warning(
                 "query %d is %d prompt tokens, more than max_query_length=%d: cut from %d to %d characters",
-                index, length, limit, len(query), len(queries[index]),
+                index, length, limit, len(query), len(cut),
             )  # fmt: skip
-        return queries, problems
+        return prompt_ids, problems
 
-    def _query_inputs(self, queries, processor) -> dict:
-        """Left-padded prompt ids of queries already checked by `_check_queries`, on the model's device."""
-        inputs = processor.process_queries(queries, prompt=self.config.retrieval_prompt)
+    def _query_inputs(self, prompt_ids: list[list[int]], processor) -> dict:
+        """Left-padded batch of prompt ids from `_check_queries`, on the model's device."""
+        inputs = processor.pad_prompts(prompt_ids)
         return {
             "input_ids": inputs["input_ids"].to(self.device),  # (batch, prompt)
             "attention_mask": inputs["attention_mask"].to(self.device),  # (batch, prompt)

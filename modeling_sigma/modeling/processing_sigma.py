@@ -102,6 +102,10 @@ class SigmaProcessor(ProcessorMixin):
         Runs the tokenizer's own normaliser, pre-tokeniser and model, as `tokenizer(text)` does between added tokens,
         so text without added tokens gets exactly the ids it always had.
         """
+        return self._encode_plain(text, set(self.tokenizer.added_tokens_encoder.values()))
+
+    def _encode_plain(self, text: str, added_ids: set[int]) -> list[int]:
+        """`encode_text` given the ids of the tokenizer's added tokens (the table is rebuilt on every read)."""
         if _LONE_SURROGATE.search(text):
             raise ValueError(f"text is not valid Unicode (a lone surrogate code point): {text[:80]!r}")
         backend = self.tokenizer.backend_tokenizer
@@ -110,7 +114,7 @@ class SigmaProcessor(ProcessorMixin):
         pieces = [text] if backend.pre_tokenizer is None else backend.pre_tokenizer.pre_tokenize_str(text)
         pieces = [piece if isinstance(piece, str) else piece[0] for piece in pieces]
         ids = [token.id for piece in pieces for token in backend.model.tokenize(piece)]
-        forged = set(ids) & set(self.tokenizer.added_tokens_encoder.values())
+        forged = set(ids) & added_ids
         if forged:  # a vocabulary whose plain-text merges spell a control token cannot keep text as text
             raise ValueError(
                 f"the tokenizer spells control tokens {sorted(forged)} from plain text {text[:80]!r}"
@@ -137,17 +141,18 @@ class SigmaProcessor(ProcessorMixin):
                 the caller vouches for (an identifier from `encode_identifier`). Text pieces are tokenised together
                 with the template text around them, as `tokenizer(apply_chat_template(...))` would.
         """
-        pieces = _control_token_pattern(tuple(self.tokenizer.added_tokens_encoder)).split(self._template())
+        added = self.tokenizer.added_tokens_encoder  # read once: the property rebuilds the table every time
+        pieces = _control_token_pattern(tuple(added)).split(self._template())
         items = []  # plain-text strings and trusted id lists, in order
         for index, piece in enumerate(pieces):
             if index % 2:  # odd pieces are the template's own control tokens
-                items.append([self.tokenizer.added_tokens_encoder[piece]])
+                items.append([added[piece]])
                 continue
             before, *after = piece.split(_USER_SLOT)
             items.append(before)
             for rest in after:
                 items.extend([*content, rest])
-        return self._encode_items(items)
+        return self._encode_items(items, set(added.values()))
 
     def _template(self) -> str:
         template = self.chat_template if isinstance(self.chat_template, str) else None
@@ -159,15 +164,15 @@ class SigmaProcessor(ProcessorMixin):
             raise ValueError("the chat template does not write the user message's content")
         return rendered
 
-    def _encode_items(self, items: list) -> list[int]:
+    def _encode_items(self, items: list, added_ids: set[int]) -> list[int]:
         ids, text = [], ""
         for item in items:
             if isinstance(item, str):
                 text += item
                 continue
-            ids += self.encode_text(text) + list(item)
+            ids += self._encode_plain(text, added_ids) + list(item)
             text = ""
-        return ids + self.encode_text(text)
+        return ids + self._encode_plain(text, added_ids)
 
     def identifier_prompt_ids(self, identifier: str, prompt: str) -> list[int]:
         """Ids of a prompt with an `{identifier}` placeholder (stage 2), the identifier as identifier tokens."""
@@ -223,6 +228,12 @@ class SigmaProcessor(ProcessorMixin):
             + ([] if a is None else self.encode_identifier(a) + [end_of_turn])
             for query, a in zip(queries, answers)
         ]
+        return self.pad_prompts(rows, padding_side=padding_side, return_tensors=return_tensors)
+
+    def pad_prompts(
+        self, rows: list[list[int]], padding_side: str = "left", return_tensors: str = "pt"
+    ) -> BatchFeature:
+        """A batch of text prompts from their ids (e.g. `query_prompt_ids`), padded as `process_queries` pads."""
         batch = self.tokenizer.pad(
             {"input_ids": rows}, padding=True, padding_side=padding_side, return_tensors=return_tensors
         )
