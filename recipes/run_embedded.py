@@ -40,7 +40,7 @@ from modeling_sigma.evaluation.tables import (
 )
 from modeling_sigma.evaluation.two_tower import expand_with_captions, two_tower_rankings
 from modeling_sigma.identifiers.encoders import encode_split, load_encoder
-from modeling_sigma.training.pseudo_queries import SigmaCaptionerConfig, get_pseudo_queries
+from modeling_sigma.training.pseudo_queries import stage_pseudo_queries
 from modeling_sigma.training.recipe_config import read_section
 from modeling_sigma.training.recipe_config import run_recipe as run_recipe_file
 
@@ -100,17 +100,23 @@ def run_two_tower(cache_dir: str, pseudo_queries: dict[str, list[str]] | None = 
 
 
 def stage3_pseudo_queries(cache_dir: str, seed: int = 0) -> dict[str, list[str]]:
-    """The pseudo-queries stage 3 trained on (read from their cache; computed there if missing)."""
+    """The pseudo-queries stage 3 trained on, through stage 3's own `stage_pseudo_queries` (so the same cache
+    key): read from their cache, computed there if missing; empty when the config switches them off."""
+    from dataclasses import fields
+
+    from modeling_sigma.training.arguments import SigmaStageArguments
+
     section = read_section(CONFIG, "stage3")
+    names = {field.name for field in fields(SigmaStageArguments)}
+    script_args = SigmaStageArguments(**{key: value for key, value in section.items() if key in names})
+    script_args.cache_dir = cache_dir
     corpus = load_corpus(EMBEDDED_CORPUS_NAME, cache_dir=cache_dir)
-    config = SigmaCaptionerConfig(
-        epochs=float(section.get("captioner_epochs", 6.0)),
-        per_image=int(section.get("pseudo_queries_per_image", 5)),
-        seed=seed,
-    )
-    splits = [corpus[name] for name in section.get("train_splits", ["train"]) if name != "train"]
-    captioner = section.get("pseudo_queries") or "embedded"
-    return get_pseudo_queries(captioner, corpus["train"], splits, cache_dir, config)
+    splits = stage_pseudo_queries(script_args, corpus, seed)
+    return {
+        image_id: captions
+        for split in splits
+        for image_id, captions in zip(split["image_id"], split["captions"])
+    }
 
 
 RUN_RECORD = ".sigma_run.json"  # what produced a finished stage folder (for --reuse)
