@@ -72,9 +72,8 @@ class _LevelScorer:
     def level(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
         """`(rows, K_level)` float32 log-probabilities of the level's tokens (code order)."""
         first, size = self.offsets[level], self.sizes[level]
-        if self.scoring == "exact":
-            logits = self.lm_head(hidden).float()  # (rows, vocab), as generate computes them
-            return logits[:, first : first + size] - torch.logsumexp(logits, dim=-1, keepdim=True)
+        if self.scoring == "exact":  # generate's log-softmax: one fused op, cheaper than a logsumexp on CPU
+            return torch.log_softmax(self.lm_head(hidden).float(), dim=-1)[:, first : first + size]
         weight = self.lm_head.weight[first : first + size]  # (K_level, hidden)
         bias = None if self.lm_head.bias is None else self.lm_head.bias[first : first + size]
         return torch.log_softmax(nn.functional.linear(hidden, weight, bias).float(), dim=-1)
@@ -83,8 +82,7 @@ class _LevelScorer:
         """`(rows,)` log-probability of the end-of-sequence token after a complete identifier."""
         if self.scoring == "restricted":  # the only allowed token: probability one
             return hidden.new_zeros(hidden.shape[0], dtype=torch.float32)
-        logits = self.lm_head(hidden).float()  # (rows, vocab)
-        return logits[:, self.eos_token_id] - torch.logsumexp(logits, dim=-1)
+        return torch.log_softmax(self.lm_head(hidden).float(), dim=-1)[:, self.eos_token_id]
 
 
 def _top_beams(scores: torch.Tensor, num_beams: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,16 +123,18 @@ def expand_beams(
     batch, beams = nodes.shape
     codes, child_nodes, valid = children.gather(level, nodes.reshape(-1))  # (batch * beams, width) each
     width = codes.shape[1]
-    candidates = (scores.reshape(-1, 1) + level_log_probs.gather(1, codes)).masked_fill(~valid, -torch.inf)
+    candidates = torch.where(valid, scores.reshape(-1, 1) + level_log_probs.gather(1, codes), -torch.inf)
     scores, choice = _top_beams(candidates.view(batch, beams * width), num_beams)  # (batch, num_beams)
-    choice = choice.clamp(max=beams * width - 1)  # empty padding slots point at a real candidate
-    base = torch.arange(batch, device=nodes.device)[:, None] * (beams * width)  # (batch, 1)
-    slot = (base + choice).view(-1)  # (batch * num_beams,) into the flattened (batch * beams, width)
+    if beams * width < num_beams:
+        choice = choice.clamp(max=beams * width - 1)  # empty padding slots point at a real candidate
+    if batch > 1:  # into the flattened (batch * beams, width)
+        choice = choice + torch.arange(0, batch * beams * width, beams * width, device=nodes.device)[:, None]
+    slot = choice.view(-1)  # (batch * num_beams,)
     parents = torch.div(slot, width, rounding_mode="floor")
-    return scores, parents, codes.view(-1)[slot], child_nodes.view(-1)[slot]
+    return scores, parents, torch.take(codes, slot), torch.take(child_nodes, slot)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sigma_beam_search(
     backbone,
     input_ids: torch.LongTensor,

@@ -349,18 +349,20 @@ class SigmaTrieChildren:
             order, their node indices at `level`, and which of the `widths[level]` slots hold a child. Padding slots
             repeat a valid node index (or 0) so that they can be gathered safely.
         """
-        offsets, width = self.offsets[level], self.widths[level]
-        parents = parents.clamp(0, offsets.numel() - 2).long()
-        start = offsets.index_select(0, parents.reshape(-1)).view(parents.shape).long()
-        end = offsets.index_select(0, parents.reshape(-1) + 1).view(parents.shape).long()
-        nodes = start.unsqueeze(-1) + torch.arange(width, device=parents.device)  # (..., width)
-        valid = nodes < end.unsqueeze(-1)
-        nodes = torch.minimum(nodes, (end - 1).clamp(min=0).unsqueeze(-1)).clamp_(
-            max=self.codes[level].numel() - 1
+        width = self.widths[level]
+        bounds = self._bounds(level).index_select(
+            0, parents.reshape(-1).clamp(0, self.offsets[level].numel() - 2)
         )
-        nodes = nodes.clamp_(min=0)
-        codes = self.codes[level].index_select(0, nodes.reshape(-1)).view(nodes.shape).long()
-        return codes, nodes, valid
+        bounds = bounds.view(*parents.shape, 2).long()  # (..., 2): first child, end of the children
+        start, end = bounds[..., :1], bounds[..., 1:]
+        nodes = start + torch.arange(width, device=parents.device)  # (..., width)
+        valid = nodes < end
+        nodes = torch.minimum(nodes, end - 1).clamp_(min=0)  # padding repeats the last child (or node 0)
+        return torch.take(self.codes[level], nodes).long(), nodes, valid
+
+    def _bounds(self, level: int) -> torch.Tensor:
+        """`(num_parents, 2)` view of `offsets[level]`: every parent's first child and end in one row."""
+        return self.offsets[level].unfold(0, 2, 1)
 
 
 def _searchsorted(stored: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

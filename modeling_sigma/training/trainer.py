@@ -9,6 +9,7 @@ import os
 import torch
 from trl import SFTTrainer
 
+from modeling_sigma.modeling.fused_projections import clear_fused_weights
 from modeling_sigma.training.collator import IGNORE_INDEX, SigmaCollator
 from modeling_sigma.training.examples import to_dataset
 
@@ -186,6 +187,7 @@ def save_final_model(trainer, output_dir: str, dtype: torch.dtype = torch.float3
     trained = accelerator.unwrap_model(trainer.model)
     if hasattr(trained, "merge_and_unload"):  # a peft model (never sharded here): fold the adapters in
         trained = trained.merge_and_unload()
+        clear_fused_weights()  # the merge writes through `.data`, which no version counter sees
         state_dict = trained.state_dict()
     else:
         state_dict = accelerator.get_state_dict(trainer.model)  # collective under ZeRO-3 / FSDP
