@@ -28,11 +28,13 @@ widths are Python ints fixed when the tables are built. This module imports only
 it travels with checkpoints as remote code.
 """
 
+import functools
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .fused_projections import is_unhooked
 from .text_decoder import make_decoder
 from .trie import SigmaTrieChildren
 
@@ -68,12 +70,16 @@ class _LevelScorer:
             raise ValueError(f"scoring must be one of {SCORING_MODES}, got {scoring!r}")
         self.lm_head, self.offsets, self.sizes, self.scoring = lm_head, offsets, sizes, scoring
         self.eos_token_id = eos_token_id
+        if type(lm_head) is nn.Linear and is_unhooked(lm_head):  # a plain head runs as one function call
+            self.full = functools.partial(nn.functional.linear, weight=lm_head.weight, bias=lm_head.bias)
+        else:
+            self.full = lm_head
 
     def level(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
         """`(rows, K_level)` float32 log-probabilities of the level's tokens (code order)."""
         first, size = self.offsets[level], self.sizes[level]
         if self.scoring == "exact":  # generate's log-softmax: one fused op, cheaper than a logsumexp on CPU
-            return torch.log_softmax(self.lm_head(hidden).float(), dim=-1)[:, first : first + size]
+            return torch.log_softmax(self.full(hidden).float(), dim=-1)[:, first : first + size]
         weight = self.lm_head.weight[first : first + size]  # (K_level, hidden)
         bias = None if self.lm_head.bias is None else self.lm_head.bias[first : first + size]
         return torch.log_softmax(nn.functional.linear(hidden, weight, bias).float(), dim=-1)
@@ -82,7 +88,7 @@ class _LevelScorer:
         """`(rows,)` log-probability of the end-of-sequence token after a complete identifier."""
         if self.scoring == "restricted":  # the only allowed token: probability one
             return hidden.new_zeros(hidden.shape[0], dtype=torch.float32)
-        return torch.log_softmax(self.lm_head(hidden).float(), dim=-1)[:, self.eos_token_id]
+        return torch.log_softmax(self.full(hidden).float(), dim=-1)[:, self.eos_token_id]
 
 
 def _top_beams(scores: torch.Tensor, num_beams: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,8 +10,8 @@ embedding and SDPA attention function, and does the rest once per call:
 - text-only prompts have equal positions on the three mrope sections, so cos/sin come from the model's rotary
   embedding once, for every position the call uses, and are indexed per step;
 - the attention mask is built once (none at all when no prompt is padded, e.g. at batch 1);
-- the key/value cache is one plain tensor; after the first step only its identifier positions follow the beams'
-  parents (the prompt part is the same for all beams of a query);
+- the key/value cache is one plain tensor; after the first step only its identifier positions follow the
+  beams' parents (the prompt part is the same for all beams of a query);
 - with plain linears, the projections are fused (q/k/v with the half-swapped q/k rows, so rotating needs no
   flip; gate/up) and the norms, `o_proj` and `down_proj` run as functions (`fused_projections`).
 
@@ -83,19 +83,13 @@ class SigmaTextDecoder:
             causal = torch.ones(prompt, prompt, dtype=torch.bool, device=device).tril()
             # a padding position attends to itself only, so its (unused) state stays finite
             diagonal = torch.eye(prompt, dtype=torch.bool, device=device)
-            self.prefill_mask = ((causal & keys[:, None, :]) | diagonal)[
-                :, None
-            ]  # (batch, 1, prompt, prompt)
+            # (batch, 1, prompt, prompt)
+            self.prefill_mask = ((causal & keys[:, None, :]) | diagonal)[:, None]
             steps = keys.new_ones(batch * num_beams, num_steps)
             self.step_mask = torch.cat([keys[row_query], steps], dim=1)[:, None, None]  # (rows, 1, 1, total)
-        norms = (
-            self.model.norm,
-            *(
-                norm
-                for layer in self.layers
-                for norm in (layer.input_layernorm, layer.post_attention_layernorm)
-            ),
-        )
+        norms = [self.model.norm]
+        for layer in self.layers:
+            norms += [layer.input_layernorm, layer.post_attention_layernorm]
         # the norms as one fused op where that is the module's own float32 computation
         fused_norms = self.model.embed_tokens.weight.dtype == torch.float32 and all(
             hasattr(norm, "variance_epsilon") and hasattr(norm, "weight") for norm in norms
@@ -138,9 +132,10 @@ class SigmaTextDecoder:
         """Write `tokens` (`(rows,)`) after the beams' parent rows `parents`; `(rows, hidden)` last-layer
         states."""
         self._follow_parents(parents, level)
-        rope = tuple(table[:, level : level + 1] for table in self.step_rope)  # (rows, 1, 1, head_dim) each
+        rope = tuple(table[:, level] for table in self.step_rope)  # (rows, 1, head_dim) each
         mask = None if self.step_mask is None else self.step_mask[..., : self.prompt_length + level + 1]
-        return self._forward(tokens[:, None], rope, mask, step=level)[:, 0]
+        # one position per row: 2-D states, so every product is a single matrix multiply
+        return self._forward(tokens, rope, mask, step=level)
 
     def _follow_parents(self, parents: torch.LongTensor, level: int) -> None:
         """Give each beam its parent's cache. The first step spreads each prompt over its query's beams; after
@@ -165,8 +160,7 @@ class SigmaTextDecoder:
         for index, (layer, fused) in enumerate(zip(self.layers, self.fused)):
             query, key, value = _project(layer, fused, self.norms[2 * index + 1](hidden), rope)
             if step is None:
-                # the prefill's last layer only needs the last position: the earlier ones are in the cache
-                # already
+                # the prefill's last layer only needs the last position (the others are in the cache)
                 queries = slice(-1, None) if index == last else slice(None)
                 attended = self._prefill_attention(
                     index, layer.self_attn, query[:, queries], key, value, mask
@@ -204,9 +198,9 @@ class SigmaTextDecoder:
 
     def _step_attention(self, index, query, key, value, mask, step: int) -> torch.Tensor:
         """One new position per row; its heads grouped by key/value head, as transformers packs them."""
-        rows, _, heads, head_dim = query.shape
+        rows, heads, head_dim = query.shape
         position, (keys, values) = self.prompt_length + step, self.layer_cache[index]
-        keys[:, :, position], values[:, :, position] = key[:, 0], value[:, 0]
+        keys[:, :, position], values[:, :, position] = key, value
         kv_heads = keys.shape[1]
         output = F.scaled_dot_product_attention(
             query.reshape(rows, kv_heads, heads // kv_heads, head_dim),
@@ -215,7 +209,7 @@ class SigmaTextDecoder:
             attn_mask=mask,
             scale=self.layers[index].self_attn.scaling,
         )  # (rows, kv_heads, groups, head_dim)
-        return output.reshape(rows, 1, -1)  # (rows, 1, heads * head_dim)
+        return output.reshape(rows, -1)  # (rows, heads * head_dim)
 
 
 def _output(attention, fused, attended: torch.Tensor) -> torch.Tensor:
@@ -240,10 +234,10 @@ def _project(layer, fused, hidden: torch.Tensor, rope) -> tuple[torch.Tensor, to
     is flipped."""
     attention, (cos, signed_sin) = layer.self_attn, rope
     heads, head_dim = attention.num_heads, attention.head_dim
-    if fused is not None and hidden.shape[1] == 1:  # a decoding step: the product swaps too
-        states = F.linear(hidden, fused.qkv_weight, fused.qkv_bias)  # (rows, 1, [q k | v | swapped q k])
+    if fused is not None and hidden.dim() == 2:  # a decoding step: the product swaps too
+        states = F.linear(hidden, fused.qkv_weight, fused.qkv_bias)  # (rows, [q k | v | swapped q k])
         width = fused.width
-        pairs = states[..., :width].unflatten(-1, (-1, head_dim))  # (rows, 1, heads + kv, d)
+        pairs = states[..., :width].unflatten(-1, (-1, head_dim))  # (rows, heads + kv, d)
         value, swapped = states[..., width:-width], states[..., -width:].unflatten(-1, (-1, head_dim))
     else:  # the prompts: flipping costs less than a third wider product over every prompt position
         if fused is None:
@@ -258,7 +252,7 @@ def _project(layer, fused, hidden: torch.Tensor, rope) -> tuple[torch.Tensor, to
         pairs = pairs.unflatten(-1, (-1, head_dim))  # (rows, seq, heads + kv, d)
         swapped = pairs.unflatten(-1, (2, -1)).flip(-2).flatten(-2)  # second half first
     rotated = pairs * cos + swapped * signed_sin
-    return rotated[:, :, :heads], rotated[:, :, heads:], value.unflatten(-1, (-1, head_dim))
+    return rotated[..., :heads, :], rotated[..., heads:, :], value.unflatten(-1, (-1, head_dim))
 
 
 def _rotary_table(language_model, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,14 +261,15 @@ def _rotary_table(language_model, length: int, device) -> tuple[torch.Tensor, to
 
     Text positions are equal on the three mrope sections. The sin's first half is negated so that rotating is
     `x * cos + swap_halves(x) * signed_sin`, the same products as transformers' `rotate_half` form. Each
-    position's values do not depend on the others, so one table (a power of two long) serves every shorter
-    call."""
+    position's values do not depend on the others (with the default rope type; dynamic ones rescale with the
+    length), so one table, a power of two long, serves every shorter call."""
     rotary, weight = language_model.rotary_emb, language_model.embed_tokens.weight
     frequencies = getattr(rotary, "inv_freq", None)
     state = (torch.device(device), weight.dtype, None if frequencies is None else tensor_state(frequencies))
+    shared = getattr(rotary, "rope_type", None) == "default"
     cached = _ROTARY_TABLES.get(rotary)
-    if cached is None or cached[0] != state or cached[1].shape[0] < length:
-        size = max(256, 1 << (length - 1).bit_length())
+    if cached is None or cached[0] != state or cached[1].shape[0] < length or not shared:
+        size = max(256, 1 << (length - 1).bit_length()) if shared else length
         positions = torch.arange(size, device=device).view(1, 1, -1).expand(3, 1, -1)  # (3, 1, size)
         with torch.no_grad():
             cos, sin = rotary(weight, positions)  # (1, size, head_dim) each
