@@ -115,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_corpus_arguments(corpus)
     corpus.add_argument("--output", required=True, help="folder for the corpus (datasets save_to_disk)")
     corpus.set_defaults(handler=run_corpus)
-    e2e = commands.add_parser("e2e", help="the end-to-end job (recipes/run_embedded.py), e.g. on --corpus DIR")
+    e2e = commands.add_parser(
+        "e2e", help="the end-to-end job (recipes/run_embedded.py), e.g. on --corpus DIR"
+    )
     e2e.add_argument("job_args", nargs=argparse.REMAINDER, help="options of recipes/run_embedded.py")
     e2e.set_defaults(handler=run_e2e)
     return parser

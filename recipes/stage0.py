@@ -98,7 +98,9 @@ def main(script_args: Stage0Arguments, builder_config: SigmaIdentifierBuilderCon
     corpus = load_corpus(script_args.corpus, cache_dir=script_args.cache_dir, **extra)
     encoder = None
     if not script_args.features_dir:  # tiny-clip: the one trained on this corpus (cached by its content)
-        encoder = load_encoder(script_args.encoder, cache_dir=script_args.cache_dir, corpus=script_args.corpus)
+        encoder = load_encoder(
+            script_args.encoder, cache_dir=script_args.cache_dir, corpus=script_args.corpus
+        )
     features, image_ids, captions = split_features(script_args, corpus, encoder, script_args.fit_splits)
     source = f"features in {script_args.features_dir}" if encoder is None else encoder.name
     print(f"encoded {len(image_ids)} images from {script_args.fit_splits} with {source}: {features.shape}")

@@ -28,7 +28,9 @@ from modeling_sigma.modeling.file_utils import restore_interrupted_folder
 
 logger = logging.getLogger(__name__)
 
-EMBEDDED_INDEXED_IMAGES = 2_500  # train + test of the default TinyShapes corpus the embedded config is tuned on
+EMBEDDED_INDEXED_IMAGES = (
+    2_500  # train + test of the default TinyShapes corpus the embedded config is tuned on
+)
 IMAGES_PER_CLUSTER = 39
 EPOCH_BOUNDS = {"stage1": (2, 40), "stage2": (1, 4), "stage3": (2, 30)}
 STAGES = ("stage0", "stage1", "stage2", "stage3", "evaluation")
@@ -93,7 +95,9 @@ def write_corpus_config(config: dict, path: str) -> str:
     """Writes `config` as a recipe YAML (`--config path` of every recipe) and returns `path`."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as stream:
-        stream.write("# Written by the corpus job (modeling_sigma/training/corpus_config.py); CPU, offline.\n")
+        stream.write(
+            "# Written by the corpus job (modeling_sigma/training/corpus_config.py); CPU, offline.\n"
+        )
         yaml.safe_dump(config, stream, sort_keys=False)
     logger.info("wrote %s: %s", path, describe_settings(config))
     return path

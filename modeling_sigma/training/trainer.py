@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-
 import time
 
 import torch
@@ -38,7 +37,9 @@ class SigmaProgressCallback(TrainerCallback):
             return
         self.next_report = state.global_step + max(1, round(state.max_steps * self.every))
         if state.is_world_process_zero:
-            logger.info("%s", self.progress_line(state.global_step, state.max_steps, time.time() - self.start))
+            logger.info(
+                "%s", self.progress_line(state.global_step, state.max_steps, time.time() - self.start)
+            )
 
     def progress_line(self, step: int, max_steps: int, elapsed: float) -> str:
         done = max(1, step - self.first_step)
@@ -150,7 +151,9 @@ def train_and_save(
         peft_config=peft_config,
     )
     if training_args.disable_tqdm:  # no bar: log the progress instead
-        trainer.add_callback(SigmaProgressCallback(os.path.basename(os.path.normpath(training_args.output_dir))))
+        trainer.add_callback(
+            SigmaProgressCallback(os.path.basename(os.path.normpath(training_args.output_dir)))
+        )
     if peft_config is not None and parameters_are_sharded(trainer):
         raise ValueError(
             "LoRA runs need whole weights on every rank to merge: use DDP or ZeRO-2, not ZeRO-3/FSDP"

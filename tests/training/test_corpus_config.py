@@ -32,7 +32,9 @@ def test_the_embedded_corpus_size_gives_the_embedded_settings(base):
     chosen = scaled_settings(2_500, base)
     stage0 = base["stage0"]
     assert chosen["layout"] == {key: stage0[key] for key in ("k1", "k2", "k3", "k4", "suffix_size")}
-    assert chosen["epochs"] == {stage: base[stage]["num_train_epochs"] for stage in ("stage1", "stage2", "stage3")}
+    assert chosen["epochs"] == {
+        stage: base[stage]["num_train_epochs"] for stage in ("stage1", "stage2", "stage3")
+    }
     assert chosen["per_device_train_batch_size"] == base["stage1"]["per_device_train_batch_size"]
 
 
@@ -63,7 +65,9 @@ def test_the_config_points_every_stage_at_the_corpus_and_the_run_folder(base, tm
     assert config["evaluation"]["model_name_or_path"] == str(tmp_path / "run" / "stage3")
     assert config["stage1"]["model_name_or_path"] == "embedded"
     assert base["stage0"]["corpus"] == "tiny-shapes"  # the base is not modified
-    other = corpus_config(base, "/data/prepared", sizes, str(tmp_path / "run"), "openai/clip-vit-base-patch32")
+    other = corpus_config(
+        base, "/data/prepared", sizes, str(tmp_path / "run"), "openai/clip-vit-base-patch32"
+    )
     assert other["stage3"]["teacher"] == "openai/clip-vit-base-patch32"
     path = write_corpus_config(config, str(tmp_path / "run" / "config.yaml"))
     with open(path) as stream:
