@@ -4,12 +4,18 @@
     python recipes/run_embedded.py --ablations      # + no stage 1, no stage 2, no soft labels, random ids
     python recipes/run_embedded.py --smoke          # tiny schedules, for a quick check of the plumbing
     python recipes/run_embedded.py --seeds 2        # every SIGMA system trained with seeds 0 and 1
+    python recipes/run_embedded.py --corpus DIR     # the same job on your images (README "Your own images")
 
 Steps: TinyShapes corpus → tiny CLIP encoder → two-tower baseline → stage 0 identifiers → stage 1 →
 stage 2 → stage 3 (with pseudo-queries, and again without: the paper-faithful row) → Recall@1/5/10 on the
 same test captions → the two-tower baseline again with the same pseudo-queries (equal information). Every step
 is a recipe of this folder, run in-process with `recipes/configs/tiny-shapes.yaml`; the tables (Recall@K, paired
 bootstrap intervals of every difference, Recall@K per caption type) are printed and written to `results/`.
+
+With `--corpus` (an ImageFolder with metadata.jsonl/.csv, a saved DatasetDict or a Hub id, with column options),
+the corpus is validated and split first (`data/user_corpus.py`, cached under outputs/cache/corpora/), the tiny
+CLIP is trained on its train split, and the config is the embedded one scaled to its size
+(`training/corpus_config.py`, written to `outputs/<name>/config.yaml`).
 """
 
 from __future__ import annotations
@@ -295,7 +301,7 @@ def run_systems(args, job: SigmaJob, timings: dict) -> dict[str, dict]:
         rows[PAPER + tag] = report.pop("variants")["stage3-paper"]
         rows[TWO_TOWER_PSEUDO + tag] = run_two_tower(job, stage3_pseudo_queries(job, seed))
         timings[SIGMA + tag] = round(time.time() - lap, 1)
-        if seed == 0:
+        if seed == 0 and "unseen" in job.load_corpus():  # a user's corpus may have no unseen split
             for mode, checkpoint, name in OPEN_SET_RUNS:
                 lap = time.time()
                 rows[name] = run_open_set(
