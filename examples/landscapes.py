@@ -30,17 +30,13 @@ SKIES = {
     "night": ((10, 15, 45), (40, 50, 95)),
 }
 GROUNDS = {"meadow": (80, 160, 70), "desert": (220, 190, 120), "snow": (236, 240, 246), "sea": (35, 95, 170)}
+# fmt: off
 COLOURS = {
-    "red": (200, 40, 40),
-    "white": (245, 245, 240),
-    "brown": (120, 75, 40),
-    "grey": (130, 130, 135),
-    "yellow": (235, 200, 40),
-    "blue": (50, 80, 200),
-    "green": (30, 120, 40),
-    "orange": (230, 120, 30),
+    "red": (200, 40, 40), "white": (245, 245, 240), "brown": (120, 75, 40), "grey": (130, 130, 135),
+    "yellow": (235, 200, 40), "blue": (50, 80, 200), "green": (30, 120, 40), "orange": (230, 120, 30),
     "black": (20, 20, 25),
 }
+# fmt: on
 KIND_COLOURS = {
     "tree": ("green", "orange", "yellow"),
     "house": ("red", "white", "yellow", "blue"),
@@ -66,38 +62,17 @@ GROUND_WORDS = {
 }
 PLACE_WORDS = {"left": "on the left", "middle": "in the middle", "right": "on the right"}
 COARSE_WORDS = {"day": "by day", "dusk": "at dusk", "night": "at night"}
-# The paraphrase uses none of the words of the other captions.
+# The paraphrase names every attribute with a word that no other caption uses.
+# fmt: off
 PARAPHRASE = {
-    "day": "bright daylight",
-    "dusk": "twilight",
-    "night": "darkness",
-    "meadow": "grassland",
-    "desert": "dunes",
-    "snow": "a frozen field",
-    "sea": "the ocean",
-    "tree": "oak",
-    "house": "cottage",
-    "mountain": "peak",
-    "boat": "sailboat",
-    "cloud": "puff of vapour",
-    "bird": "gull",
-    "red": "scarlet",
-    "white": "pale",
-    "brown": "chestnut",
-    "grey": "ashen",
-    "yellow": "golden",
-    "blue": "azure",
-    "green": "leafy",
-    "orange": "autumnal",
-    "black": "inky",
-    "small": "little",
-    "big": "huge",
-    "left": "westward",
-    "middle": "central",
-    "right": "eastward",
-    "sun": "sunshine",
-    "moon": "moonlight",
+    "day": "bright daylight", "dusk": "twilight", "night": "darkness", "meadow": "grassland", "desert": "dunes",
+    "snow": "a frozen field", "sea": "the ocean", "tree": "oak", "house": "cottage", "mountain": "peak",
+    "boat": "sailboat", "cloud": "puff of vapour", "bird": "gull", "red": "scarlet", "white": "pale",
+    "brown": "chestnut", "grey": "ashen", "yellow": "golden", "blue": "azure", "green": "leafy",
+    "orange": "autumnal", "black": "inky", "small": "little", "big": "huge", "left": "westward",
+    "middle": "central", "right": "eastward", "sun": "sunshine", "moon": "moonlight",
 }
+# fmt: on
 
 
 @dataclass
@@ -142,10 +117,9 @@ def render_landscape(scene: Landscape) -> Image.Image:
     horizon = round(HORIZON * height)
     image = Image.new("RGB", scene.size)
     draw = ImageDraw.Draw(image)
-    (top, bottom), detail = SKIES[scene.sky], random.Random(scene.detail_seed)
+    detail = random.Random(scene.detail_seed)
     for y in range(horizon):
-        t = y / max(horizon - 1, 1)
-        draw.line([(0, y), (width, y)], fill=tuple(round(a + (b - a) * t) for a, b in zip(top, bottom)))
+        draw.line([(0, y), (width, y)], fill=_sky_colour(scene.sky, y / max(horizon - 1, 1)))
     if scene.sky == "night":
         for _ in range(8):
             draw.point((detail.randrange(width), detail.randrange(horizon)), fill=(250, 250, 220))
@@ -161,13 +135,21 @@ def render_landscape(scene: Landscape) -> Image.Image:
     return _to_storage_mode(image, scene.storage, horizon)
 
 
+def _sky_colour(sky: str, t: float) -> tuple[int, ...]:
+    (top, bottom) = SKIES[sky]
+    return tuple(round(a + (b - a) * t) for a, b in zip(top, bottom))
+
+
 def _draw_light(draw: ImageDraw.ImageDraw, scene: Landscape, width: int, height: int) -> None:
-    r, cx = 0.09 * height, 0.88 * width if scene.things[-1].place != "right" else 0.12 * width
+    """The sun or moon, in the free corner away from the things (if there is one)."""
+    taken = {thing.place for thing in scene.things}
+    r, cx = 0.09 * height, (0.12 if "left" not in taken or "right" in taken else 0.88) * width
     cy = 0.42 * height if scene.sky == "dusk" else 0.15 * height
     colour = {"day": (255, 230, 80), "dusk": (255, 120, 40), "night": (235, 235, 210)}[scene.sky]
     draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
-    if scene.light == "moon":
-        draw.ellipse([cx - r / 2, cy - r, cx + 1.5 * r, cy + r], fill=SKIES["night"][0])
+    if scene.light == "moon":  # a crescent: cover most of the disc with the sky
+        sky = _sky_colour(scene.sky, cy / (HORIZON * height))
+        draw.ellipse([cx - r / 2, cy - r, cx + 1.5 * r, cy + r], fill=sky)
 
 
 def _draw_thing(draw: ImageDraw.ImageDraw, thing: Thing, width: int, height: int, horizon: int) -> None:

@@ -37,15 +37,10 @@ SCHEMA = datasets.Features(
 )
 DEFAULT_CAPTION_COLUMNS = ("captions", "caption", "text")
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
-SPLIT_FOLDERS = {
-    "train": "train",
-    "test": "test",
-    "unseen": "unseen",
-    "validation": "validation",
-    "val": "validation",
-    "valid": "validation",
-    "dev": "validation",
-}
+# Split folder (or split) names and the SIGMA split each gives.
+SPLIT_FOLDERS = {"train": "train", "test": "test", "unseen": "unseen"} | dict.fromkeys(
+    ("validation", "val", "valid", "dev"), "validation"
+)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -137,12 +132,8 @@ def _load_hub(source: str, revision: str | None):
     try:
         return datasets.load_dataset(source, revision=revision)
     except Exception as error:  # offline, unknown id, network: all end here
-        offline = (
-            " HF_HUB_OFFLINE is set, so the Hub was not asked: unset it, or download the dataset and pass "
-            "its folder."
-            if datasets.config.HF_HUB_OFFLINE
-            else ""
-        )
+        offline = " HF_HUB_OFFLINE is set: unset it, or download the dataset and pass its folder."
+        offline = offline if datasets.config.HF_HUB_OFFLINE else ""
         raise ValueError(
             f"{source!r} is not a local folder, and loading it as a Hub dataset "
             f"(revision {revision or 'main'}) failed: {error}.{offline}"
@@ -288,9 +279,10 @@ def _image_file(folder: Path, file_name, root: Path, where: str) -> dict:
 
 def _warn_unlisted(root: Path, splits: dict[str, list[_Row]]) -> None:
     listed = {row.image["path"] for rows in splits.values() for row in rows}
-    images = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
-    unlisted = sorted(p.relative_to(root).as_posix() for p in images) if len(images) > len(listed) else []
-    unlisted = [name for name in unlisted if name not in listed]
+    images = sorted(
+        p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+    unlisted = [name for name in images if name not in listed]
     if unlisted:
         logger.warning(
             "%s: %d image file(s) not in the metadata are left out, e.g. %s", root, len(unlisted), unlisted[0]
@@ -387,8 +379,7 @@ def _split_rows(splits: dict[str, list], num_test, num_unseen, seed: int) -> dic
         unknown = sorted(set(rest) - {"train", "test", "unseen"})
         if unknown or "train" not in rest:
             raise ValueError(
-                f"splits {sorted(splits)}: with a 'test' split, expected 'train' and only "
-                f"'unseen'/'validation' besides (unknown: {unknown})."
+                f"splits {sorted(splits)}: with 'test', need 'train' and no unknown split {unknown}."
             )
         test, train = rest["test"], rest["train"]
         unseen = rest.get("unseen")
@@ -414,7 +405,7 @@ def _carve(rows: list, counts: list[int], seed: int) -> list[list]:
     """Sorts by `image_id`, permutes with `seed`, and cuts `counts` off the front; the rest comes last."""
     if sum(counts) >= len(rows):
         raise ValueError(
-            f"carving {counts} images out of {len(rows)} leaves none for train: lower num_test/num_unseen."
+            f"carving {counts} of {len(rows)} images leaves none for train: lower num_test/num_unseen."
         )
     order = sorted(rows, key=lambda row: row.image_id)
     random.Random(seed).shuffle(order)
@@ -456,9 +447,7 @@ def content_fingerprint(dataset: datasets.Dataset) -> str:
     """A 16-hex key over a split's `image_id`s, captions and image bytes (path and size when only a path is
     stored); images are not decoded."""
     if not isinstance(dataset.features.get("image"), datasets.Image):
-        raise ValueError(
-            f"content_fingerprint needs a datasets.Image column 'image' (found {dataset.features})."
-        )
+        raise ValueError(f"content_fingerprint needs a datasets.Image column 'image': {dataset.features}.")
     columns = dataset.select_columns(["image_id", "captions", "image"])
     digest = hashlib.sha256()
     for example in _iter_examples(columns.cast_column("image", datasets.Image(decode=False))):

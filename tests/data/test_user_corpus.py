@@ -73,6 +73,31 @@ def test_csv_with_several_caption_columns(tmp_path):
     every = {i: c for split in corpus.values() for i, c in zip(split["image_id"], split["captions"])}
     assert every["p3"] == ["first 3", "second 3"]
     assert sum(len(ds) for ds in corpus.values()) == 6
+    text = (source / "metadata.csv").read_text().replace("second 2", "")
+    (source / "metadata.csv").write_text(text)
+    with pytest.raises(ValueError, match=r"metadata.csv, row 3 \(line 4\): .*column 'caption_2' holds ''"):
+        prepare_corpus(str(source), tmp_path / "again", caption_columns=["caption_1", "caption_2"])
+    assert not (tmp_path / "again").exists()
+
+
+def test_saved_dataset_with_path_images_relative_to_the_folder(tmp_path):
+    saved = tmp_path / "saved"
+    for index in range(4):
+        _write_image(saved / "pictures" / f"{index}.png", index, "P")
+    raw = datasets.Dataset.from_dict(
+        {"path": [f"pictures/{i}.png" for i in range(4)], "caption": list("abcd")}
+    )
+    raw.save_to_disk(str(saved))
+    corpus = prepare_corpus(str(saved), tmp_path / "out", image_column="path", num_test=1, num_unseen=1)
+    assert sorted(i for split in corpus.values() for i in split["image_id"]) == [
+        f"train-{i:06d}" for i in range(4)
+    ]
+    assert all(image.mode == "P" for split in corpus.values() for image in split["image"])
+    (saved / "pictures" / "2.png").unlink()
+    with pytest.raises(
+        ValueError, match=r"split 'train', row 2: the image file .*pictures/2.png' does not exist"
+    ):
+        prepare_corpus(str(saved), tmp_path / "again", image_column="path")
 
 
 def test_saved_dataset_dict_with_column_mapping(tmp_path):
@@ -86,9 +111,13 @@ def test_saved_dataset_dict_with_column_mapping(tmp_path):
     datasets.DatasetDict({"train": raw.select(range(6)), "test": raw.select(range(6, 8))}).save_to_disk(
         str(tmp_path / "saved")
     )
+    key = source_fingerprint(tmp_path / "saved", image_column="picture")
     corpus = prepare_corpus(
         str(tmp_path / "saved"), tmp_path / "out", image_column="picture", id_column="key", num_unseen=2
     )
+    assert (
+        source_fingerprint(tmp_path / "saved", image_column="picture") == key
+    )  # the source is left as it was
     assert list(corpus["test"]["image_id"]) == ["6", "7"]
     assert list(corpus["test"]["captions"]) == [["red 6"], ["red 7"]]
     assert len(corpus["train"]) == 4 and len(corpus["unseen"]) == 2
@@ -108,13 +137,8 @@ def test_hub_id_maps_columns_and_passes_revision(tmp_path, monkeypatch):
     ]
 
 
-def test_offline_hub_id_says_hf_hub_offline(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-
-    def offline(*args, **kwargs):
-        raise ConnectionError("Couldn't reach the Hub (offline mode is enabled)")
-
-    monkeypatch.setattr(datasets, "load_dataset", offline)
+def test_offline_hub_id_says_hf_hub_offline(tmp_path):
+    assert datasets.config.HF_HUB_OFFLINE  # conftest sets HF_HUB_OFFLINE=1: the real load_dataset fails fast
     with pytest.raises(ValueError, match="someone/missing-corpus.*HF_HUB_OFFLINE"):
         prepare_corpus("someone/missing-corpus", tmp_path / "out")
     assert not (tmp_path / "out").exists()
