@@ -42,13 +42,22 @@ def _image_folder(root: Path, n: int = 12, subfolder: str = "", rows=None) -> Pa
     return root
 
 
+def _edit(index, **changes):
+    def rows(records):
+        records[index].update(changes)
+        return records
+
+    return rows
+
+
 def test_image_folder_jsonl_with_list_captions(tmp_path):
-    source = _image_folder(tmp_path / "src")
+    source = _image_folder(tmp_path / "src", rows=_edit(7, captions="one plain string"))
     corpus = prepare_corpus(str(source), tmp_path / "out", num_test=3, num_unseen=2)
     assert {name: len(ds) for name, ds in corpus.items()} == {"train": 7, "test": 3, "unseen": 2}
     validate_corpus(corpus)
     every = {i: c for split in corpus.values() for i, c in zip(split["image_id"], split["captions"])}
     assert every["images/x004.png"] == ["image 4", "picture number 4"]
+    assert every["images/x007.png"] == ["one plain string"]
     assert all(image.mode in ("RGB", "RGBA", "P") for image in corpus["train"]["image"])
     assert list(datasets.load_from_disk(str(tmp_path / "out"))["test"]["image_id"]) == list(
         corpus["test"]["image_id"]
@@ -179,14 +188,6 @@ def test_existing_train_and_test_are_kept(tmp_path):
     assert list(corpus["test"]["image_id"]) == expected
     assert len(corpus["train"]) == 6 and len(corpus["unseen"]) == 2 and len(corpus["validation"]) == 2
     assert all(i.startswith("train/") for s in ("train", "unseen") for i in corpus[s]["image_id"])
-
-
-def _edit(index, **changes):
-    def rows(records):
-        records[index].update(changes)
-        return records
-
-    return rows
 
 
 BAD_INPUTS = [
