@@ -393,7 +393,7 @@ def print_report(args, job: SigmaJob, rows: dict) -> tuple[list, list]:
         types = caption_types_by_position([len(c) for c in test["captions"]], TINY_SHAPES_CAPTION_TYPES)
         by_type = caption_type_rows(rows, [TWO_TOWER, TWO_TOWER_PSEUDO, SIGMA, PAPER], types)
         types_table = f"\n\nRecall@K by caption type (test captions, %):\n{format_caption_types(by_type)}"
-    name = "TinyShapes" if job.embedded else job.corpus
+    name = "TinyShapes" if job.embedded else f"{args.corpus} (prepared as {job.corpus})"
     unseen = len(corpus["unseen"]) if "unseen" in corpus else 0
     print(
         f"\nText→image retrieval on {name}, Recall@K in %: each row queries the captions of one split "

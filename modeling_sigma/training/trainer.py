@@ -151,9 +151,8 @@ def train_and_save(
         peft_config=peft_config,
     )
     if training_args.disable_tqdm:  # no bar: log the progress instead
-        trainer.add_callback(
-            SigmaProgressCallback(os.path.basename(os.path.normpath(training_args.output_dir)))
-        )
+        name = training_args.run_name or os.path.basename(os.path.normpath(training_args.output_dir))
+        trainer.add_callback(SigmaProgressCallback(name))
     if peft_config is not None and parameters_are_sharded(trainer):
         raise ValueError(
             "LoRA runs need whole weights on every rank to merge: use DDP or ZeRO-2, not ZeRO-3/FSDP"
