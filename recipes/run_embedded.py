@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -430,9 +431,11 @@ def main(argv=None) -> dict:
         json.dump(report, stream, indent=2)
     print(f"\nwrote {args.results}; wall time {report['wall_time_s']} s")
     if not job.embedded:
+        examples = "|".join(captions[0] for captions in job.load_corpus()["test"]["captions"][:2])
         print(
             f"Space on this checkpoint: SIGMA_MODEL={args.output_dir}/stage3 SIGMA_CORPUS={job.corpus} "
-            f"SIGMA_DESCRIBE_MODEL={args.output_dir}/stage2 python space/app.py"
+            f"SIGMA_DESCRIBE_MODEL={args.output_dir}/stage2 SIGMA_EXAMPLES={shlex.quote(examples)} "
+            "python space/app.py"
         )
     return report
 
