@@ -247,7 +247,7 @@ def run_open_set(
     corpus = job.load_corpus()
     unseen = corpus["unseen"]
     if smoke:  # a 3-step model writes one prefix for every image: keep within the suffix capacity
-        unseen = unseen.select(range(16))
+        unseen = unseen.select(range(min(16, len(unseen))))
     extra = {}
     if mode == "quantizer":
         extra = {
