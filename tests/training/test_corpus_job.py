@@ -1,5 +1,5 @@
 """The whole job on a user's corpus (`recipes/run_embedded.py --corpus`): bad input stops it before any
-training, and (slow) a tiny landscapes corpus goes through every stage into the table."""
+training, and a tiny landscapes corpus goes through every stage into the table (smoke schedules, ~15 s)."""
 
 import importlib.util
 import json
@@ -61,7 +61,6 @@ def test_a_second_run_reuses_the_prepared_corpus_and_a_changed_one_does_not(
     assert changed.corpus != first.corpus
 
 
-@pytest.mark.slow
 def test_the_whole_job_runs_on_a_landscapes_corpus(job_module, landscapes, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     source = landscapes.generate_landscapes(tmp_path / "source", num_images=40, seed=0)
