@@ -17,8 +17,8 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-e2e: install  ## the embedded end-to-end job (no download); E2E_ARGS=--ablations adds the ablation rows
-	$(PY) recipes/run_embedded.py $(E2E_ARGS)
+e2e: install  ## the embedded end-to-end job (no download); CORPUS=<folder|saved DatasetDict|Hub id> runs it on yours; E2E_ARGS=--ablations adds the ablation rows
+	$(PY) recipes/run_embedded.py $(if $(CORPUS),--corpus "$(CORPUS)") $(E2E_ARGS)
 
 smoke: install  ## the same job on a very small corpus, in a couple of minutes
 	$(PY) recipes/run_embedded.py --smoke

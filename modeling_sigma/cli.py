@@ -7,6 +7,8 @@
     sigma index info --index DIR
     sigma eval --model DIR --split test [--corpus tiny-shapes] [--index DIR] [-k 1 5 10]
     sigma push model|codebook|corpus SOURCE --repo-id ORG/NAME [--private] [--to-folder DIR [--overwrite]]
+    sigma corpus SOURCE --output DIR [--caption-columns C ...] [--id-column I] [--num-test N] [--num-unseen N]
+    sigma e2e [--corpus SOURCE] [run_embedded.py options]   # the whole job; a repository checkout only
 
 Heavy imports happen inside the commands so that `--help` is instant. Errors in the input (unknown ids, an
 unreadable image, an index built for another model) print one line and exit with status 2.
@@ -104,6 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             command.add_argument("--license", default=None, help="license of the dataset card")
         command.set_defaults(handler=run_push, push_kind=kind)
+
+    corpus = commands.add_parser(
+        "corpus", help="check and convert an image-caption collection to a SIGMA corpus (split if needed)"
+    )
+    from modeling_sigma.training.corpus_config import add_corpus_arguments
+
+    add_corpus_arguments(corpus)
+    corpus.add_argument("--output", required=True, help="folder for the corpus (datasets save_to_disk)")
+    corpus.set_defaults(handler=run_corpus)
+    e2e = commands.add_parser(
+        "e2e", help="the end-to-end job (recipes/run_embedded.py), e.g. on --corpus DIR"
+    )
+    e2e.add_argument("job_args", nargs=argparse.REMAINDER, help="options of recipes/run_embedded.py")
+    e2e.set_defaults(handler=run_e2e)
     return parser
 
 
@@ -192,6 +208,31 @@ def run_eval(args: argparse.Namespace) -> None:
         model, dataset, ks=tuple(sorted(set(args.k))), max_queries=args.max_queries, index=index
     )
     print(json.dumps(metrics, indent=2))
+
+
+def run_corpus(args: argparse.Namespace) -> None:
+    from modeling_sigma.data.user_corpus import prepare_corpus
+    from modeling_sigma.training.corpus_config import corpus_options
+
+    if not args.corpus:
+        raise ValueError("sigma corpus needs --corpus SOURCE (a folder, a saved DatasetDict or a Hub id)")
+    corpus = prepare_corpus(args.corpus, args.output, **corpus_options(args))
+    sizes = {split: len(dataset) for split, dataset in corpus.items()}
+    print(f"wrote {args.output}: {sizes}; train on it with `sigma e2e --corpus {args.output}`")
+
+
+def run_e2e(args: argparse.Namespace) -> None:
+    """Runs `recipes/run_embedded.py` of the repository checkout this package was installed from."""
+    import runpy
+
+    script = Path(__file__).resolve().parents[1] / "recipes" / "run_embedded.py"
+    if not script.is_file():
+        raise FileNotFoundError(
+            f"{script} not found: `sigma e2e` runs the recipes of a repository checkout (pip install -e .)"
+        )
+    sys.argv = [str(script), *args.job_args]
+    sys.path.insert(0, str(script.parent))
+    runpy.run_path(str(script), run_name="__main__")
 
 
 def run_push(args: argparse.Namespace) -> None:

@@ -4,12 +4,18 @@
     python recipes/run_embedded.py --ablations      # + no stage 1, no stage 2, no soft labels, random ids
     python recipes/run_embedded.py --smoke          # tiny schedules, for a quick check of the plumbing
     python recipes/run_embedded.py --seeds 2        # every SIGMA system trained with seeds 0 and 1
+    python recipes/run_embedded.py --corpus DIR     # the same job on your images (README "Your own images")
 
 Steps: TinyShapes corpus → tiny CLIP encoder → two-tower baseline → stage 0 identifiers → stage 1 →
 stage 2 → stage 3 (with pseudo-queries, and again without: the paper-faithful row) → Recall@1/5/10 on the
 same test captions → the two-tower baseline again with the same pseudo-queries (equal information). Every step
 is a recipe of this folder, run in-process with `recipes/configs/tiny-shapes.yaml`; the tables (Recall@K, paired
 bootstrap intervals of every difference, Recall@K per caption type) are printed and written to `results/`.
+
+With `--corpus` (an ImageFolder with metadata.jsonl/.csv, a saved DatasetDict or a Hub id, with column options),
+the corpus is validated and split first (`data/user_corpus.py`, cached under outputs/cache/corpora/), the tiny
+CLIP is trained on its train split, and the config is the embedded one scaled to its size
+(`training/corpus_config.py`, written to `outputs/<name>/config.yaml`).
 """
 
 from __future__ import annotations
@@ -17,8 +23,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
+import shlex
 import time
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -40,6 +49,7 @@ from modeling_sigma.evaluation.tables import (
 )
 from modeling_sigma.evaluation.two_tower import expand_with_captions, two_tower_rankings
 from modeling_sigma.identifiers.encoders import encode_split, load_encoder
+from modeling_sigma.training.corpus_config import add_corpus_arguments, prepare_corpus_run
 from modeling_sigma.training.pseudo_queries import stage_pseudo_queries
 from modeling_sigma.training.recipe_config import read_section
 from modeling_sigma.training.recipe_config import run_recipe as run_recipe_file
@@ -68,19 +78,38 @@ ABLATIONS = {
 }
 
 
-def run_recipe(name: str, flags: list[str]):
+@dataclass
+class SigmaJob:
+    """What one run trains on: the recipe config (one section per stage), its corpus and cache folder."""
+
+    config: str = CONFIG
+    corpus: str = EMBEDDED_CORPUS_NAME
+    cache_dir: str = "outputs/cache"
+    encoder: str = "tiny-clip"
+
+    @property
+    def embedded(self) -> bool:
+        return self.corpus == EMBEDDED_CORPUS_NAME
+
+    def load_corpus(self):
+        return load_corpus(self.corpus, cache_dir=self.cache_dir)
+
+    def load_encoder(self):
+        return load_encoder(self.encoder, cache_dir=self.cache_dir, corpus=self.corpus)
+
+
+def run_recipe(job: SigmaJob, name: str, flags: list[str]):
     print(f"\n=== {name} {' '.join(flags)}", flush=True)
-    return run_recipe_file(os.path.join(RECIPES, f"{name}.py"), ["--config", CONFIG, *flags])
+    return run_recipe_file(os.path.join(RECIPES, f"{name}.py"), ["--config", job.config, *flags])
 
 
-def run_two_tower(cache_dir: str, pseudo_queries: dict[str, list[str]] | None = None) -> dict:
-    """Dense retrieval with the tiny CLIP; with `pseudo_queries`, each image vector is expanded with its
-    pseudo-queries' text vectors (`expand_with_captions`): the same extra information SIGMA trains on."""
-    corpus = load_corpus(EMBEDDED_CORPUS_NAME, cache_dir=cache_dir)
-    encoder = load_encoder("tiny-clip", cache_dir=cache_dir)
-    test = corpus["test"]
-    image_features = encode_split(encoder, test, EMBEDDED_CORPUS_NAME, "test", cache_dir)
-    query_features = encode_split(encoder, test, EMBEDDED_CORPUS_NAME, "test", cache_dir, kind="captions")
+def run_two_tower(job: SigmaJob, pseudo_queries: dict[str, list[str]] | None = None) -> dict:
+    """Dense retrieval with the stage-0 encoder (tiny CLIP: the one trained on this corpus); with
+    `pseudo_queries`, each image vector is expanded with its pseudo-queries' text vectors
+    (`expand_with_captions`): the same extra information SIGMA trains on."""
+    encoder, test, cache_dir = job.load_encoder(), job.load_corpus()["test"], job.cache_dir
+    image_features = encode_split(encoder, test, job.corpus, "test", cache_dir)
+    query_features = encode_split(encoder, test, job.corpus, "test", cache_dir, kind="captions")
     ids = test["image_id"]
     if pseudo_queries is not None:
         captions = [pseudo_queries.get(image_id, []) for image_id in ids]
@@ -99,19 +128,18 @@ def run_two_tower(cache_dir: str, pseudo_queries: dict[str, list[str]] | None = 
     }
 
 
-def stage3_pseudo_queries(cache_dir: str, seed: int = 0) -> dict[str, list[str]]:
+def stage3_pseudo_queries(job: SigmaJob, seed: int = 0) -> dict[str, list[str]]:
     """The pseudo-queries stage 3 trained on, through stage 3's own `stage_pseudo_queries` (so the same cache
     key): read from their cache, computed there if missing; empty when the config switches them off."""
     from dataclasses import fields
 
     from modeling_sigma.training.arguments import SigmaStageArguments
 
-    section = read_section(CONFIG, "stage3")
+    section = read_section(job.config, "stage3")
     names = {field.name for field in fields(SigmaStageArguments)}
     script_args = SigmaStageArguments(**{key: value for key, value in section.items() if key in names})
-    script_args.cache_dir = cache_dir
-    corpus = load_corpus(EMBEDDED_CORPUS_NAME, cache_dir=cache_dir)
-    splits = stage_pseudo_queries(script_args, corpus, seed)
+    script_args.cache_dir = job.cache_dir
+    splits = stage_pseudo_queries(script_args, job.load_corpus(), seed)
     return {
         image_id: captions
         for split in splits
@@ -122,10 +150,10 @@ def stage3_pseudo_queries(cache_dir: str, seed: int = 0) -> dict[str, list[str]]
 RUN_RECORD = ".sigma_run.json"  # what produced a finished stage folder (for --reuse)
 
 
-def run_stage(name: str, flags: list[str], output_dir: str, reuse: bool) -> None:
+def run_stage(job: SigmaJob, name: str, flags: list[str], output_dir: str, reuse: bool) -> None:
     """Runs a training recipe; with `reuse`, skips it when `output_dir` was finished by the same recipe,
     flags and config file (its record is written only after the recipe returns)."""
-    with open(CONFIG, "rb") as stream:
+    with open(job.config, "rb") as stream:
         record = {"recipe": name, "flags": flags, "config_sha256": hashlib.sha256(stream.read()).hexdigest()}
     record_file = os.path.join(output_dir, RUN_RECORD)
     if reuse and os.path.isfile(record_file):
@@ -133,12 +161,13 @@ def run_stage(name: str, flags: list[str], output_dir: str, reuse: bool) -> None
             if json.load(stream) == record:
                 print(f"\n=== {name}: reusing {output_dir} (same recipe, flags and config)", flush=True)
                 return
-    run_recipe(name, flags)
+    run_recipe(job, name, flags)
     with open(record_file, "w") as stream:
         json.dump(record, stream, indent=2)
 
 
 def run_sigma(
+    job: SigmaJob,
     root: str,
     stage_flags: dict,
     stage0_flags: list[str],
@@ -155,31 +184,32 @@ def run_sigma(
     """
     dirs = {f"stage{n}": os.path.join(root, f"stage{n}") for n in range(4)}
     common = SMOKE_OVERRIDES if smoke else []
-    run_stage("stage0", ["--output_dir", dirs["stage0"], *stage0_flags], dirs["stage0"], reuse)
+    run_stage(job, "stage0", ["--output_dir", dirs["stage0"], *stage0_flags], dirs["stage0"], reuse)
     previous = None
     for stage in ("stage1", "stage2", "stage3"):
         flags = ["--stage0_dir", dirs["stage0"], "--output_dir", dirs[stage], "--disable_tqdm", "true"]
         flags += ["--model_name_or_path", previous] if previous else []
-        run_stage(stage, [*flags, *common, *stage_flags.get(stage, [])], dirs[stage], reuse)
+        run_stage(job, stage, [*flags, *common, *stage_flags.get(stage, [])], dirs[stage], reuse)
         previous = dirs[stage] if stage != "stage3" else previous
-    report = evaluate_stage3(dirs["stage3"], root, "evaluation", smoke, rerank)
+    report = evaluate_stage3(job, dirs["stage3"], root, "evaluation", smoke, rerank)
     report["variants"] = {}
     for name, extra in (variants or {}).items():
         output = os.path.join(root, name)
         flags = ["--stage0_dir", dirs["stage0"], "--output_dir", output, "--disable_tqdm", "true"]
         flags += ["--model_name_or_path", previous, *common, *stage_flags.get("stage3", []), *extra]
-        run_stage("stage3", flags, output, reuse)
-        report["variants"][name] = evaluate_stage3(output, root, f"evaluation-{name}", smoke, rerank)
+        run_stage(job, "stage3", flags, output, reuse)
+        report["variants"][name] = evaluate_stage3(job, output, root, f"evaluation-{name}", smoke, rerank)
     return report
 
 
-def evaluate_stage3(checkpoint: str, root: str, name: str, smoke: bool, rerank: bool) -> dict:
+def evaluate_stage3(job: SigmaJob, checkpoint: str, root: str, name: str, smoke: bool, rerank: bool) -> dict:
     """Recall@K of a stage-3 checkpoint on the test captions (and re-ranked by the similarity head)."""
     flags = ["--model_name_or_path", checkpoint] + (["--max_queries", "64"] if smoke else [])
-    report = run_recipe("evaluation", flags + ["--output_file", os.path.join(root, f"{name}.json")])
+    report = run_recipe(job, "evaluation", flags + ["--output_file", os.path.join(root, f"{name}.json")])
     if not rerank:
         return report
     reranked = run_recipe(
+        job,
         "evaluation",
         flags
         + [
@@ -193,8 +223,8 @@ def evaluate_stage3(checkpoint: str, root: str, name: str, smoke: bool, rerank: 
 
 
 def run_open_set(
+    job: SigmaJob,
     root: str,
-    cache_dir: str,
     mode: str,
     smoke: bool,
     rerank: bool = False,
@@ -214,15 +244,15 @@ def run_open_set(
     from modeling_sigma.training.arguments import load_previous_stage
 
     model, _ = load_previous_stage(os.path.join(root, checkpoint), "stage3")
-    corpus = load_corpus(EMBEDDED_CORPUS_NAME, cache_dir=cache_dir)
+    corpus = job.load_corpus()
     unseen = corpus["unseen"]
     if smoke:  # a 3-step model writes one prefix for every image: keep within the suffix capacity
-        unseen = unseen.select(range(16))
+        unseen = unseen.select(range(min(16, len(unseen))))
     extra = {}
     if mode == "quantizer":
         extra = {
             "quantizer": SigmaIdentifierBuilder.load(os.path.join(root, "stage0")),
-            "encoder": load_encoder("tiny-clip", cache_dir=cache_dir),
+            "encoder": job.load_encoder(),
         }
     lap = time.time()
     add_images(model.index, model, unseen["image"], unseen["image_id"], mode=mode, **extra)
@@ -256,9 +286,9 @@ def merge_flags(*flag_sets: dict) -> dict:
     return merged
 
 
-def run_systems(args, cache_dir: str, timings: dict) -> dict[str, dict]:
+def run_systems(args, job: SigmaJob, timings: dict) -> dict[str, dict]:
     """Every row of the Recall@K table, seed by seed; names end in ` (seed s)` when several seeds run."""
-    rows = {TWO_TOWER: run_two_tower(cache_dir)}
+    rows = {TWO_TOWER: run_two_tower(job)}
     timings["two-tower"] = round(time.time() - args.start, 1)
     for seed in range(args.seeds):
         tag = f" (seed {seed})" if args.seeds > 1 else ""
@@ -266,18 +296,18 @@ def run_systems(args, cache_dir: str, timings: dict) -> dict[str, dict]:
         stage_flags, stage0_flags = seed_flags(seed)
         lap = time.time()
         report = run_sigma(
-            root, stage_flags, stage0_flags, args.smoke, args.reuse, args.rerank, PAPER_FAITHFUL
+            job, root, stage_flags, stage0_flags, args.smoke, args.reuse, args.rerank, PAPER_FAITHFUL
         )
         rows[SIGMA + tag] = report
         rows[PAPER + tag] = report.pop("variants")["stage3-paper"]
-        rows[TWO_TOWER_PSEUDO + tag] = run_two_tower(cache_dir, stage3_pseudo_queries(cache_dir, seed))
+        rows[TWO_TOWER_PSEUDO + tag] = run_two_tower(job, stage3_pseudo_queries(job, seed))
         timings[SIGMA + tag] = round(time.time() - lap, 1)
-        if seed == 0:
+        if seed == 0 and "unseen" in job.load_corpus():  # a user's corpus may have no unseen split
             for mode, checkpoint, name in OPEN_SET_RUNS:
                 lap = time.time()
                 rows[name] = run_open_set(
+                    job,
                     root,
-                    cache_dir,
                     mode,
                     args.smoke,
                     args.rerank,
@@ -289,6 +319,7 @@ def run_systems(args, cache_dir: str, timings: dict) -> dict[str, dict]:
             for number, (name, (flags, stage0)) in enumerate(ABLATIONS.items()):
                 lap = time.time()
                 rows[name + tag] = run_sigma(
+                    job,
                     os.path.join(root, f"ablation-{number}"),
                     merge_flags(stage_flags, flags),
                     stage0_flags + stage0,
@@ -317,12 +348,12 @@ def comparisons(seeds: int, ablations: bool) -> list[tuple[str, str]]:
     return pairs
 
 
-def main(argv=None) -> dict:
+def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--output-dir", default="outputs/tiny-shapes", help="checkpoints of every stage")
-    parser.add_argument("--results", default="results/embedded.json", help="where the table is written")
+    parser.add_argument("--output-dir", default=None, help="checkpoints (default outputs/<corpus name>)")
+    parser.add_argument("--results", default=None, help="the table's JSON (default results/embedded.json)")
     parser.add_argument("--ablations", action="store_true", help="also train the four ablations (~4× longer)")
     parser.add_argument("--seeds", type=int, default=1, help="train every SIGMA system with seeds 0..N-1")
     parser.add_argument("--smoke", action="store_true", help="3 steps per stage, 64 queries: plumbing only")
@@ -332,29 +363,61 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--reuse", action="store_true", help="skip stages whose folder a run with the same flags finished"
     )
+    add_corpus_arguments(parser)
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
-    args.start, timings = time.time(), {}
-    cache_dir = read_section(CONFIG, "stage0").get("cache_dir", "outputs/cache")
-    rows = run_systems(args, cache_dir, timings)
+    return args
 
-    corpus = load_corpus(EMBEDDED_CORPUS_NAME, cache_dir=cache_dir)
+
+def make_job(args) -> SigmaJob:
+    """TinyShapes with `recipes/configs/tiny-shapes.yaml`, or the user's corpus prepared (validated, split,
+    cached) with a config scaled to it, written beside its checkpoints."""
+    cache_dir = read_section(CONFIG, "stage0").get("cache_dir", "outputs/cache")
+    if args.corpus in (None, EMBEDDED_CORPUS_NAME):
+        args.output_dir = args.output_dir or "outputs/tiny-shapes"
+        args.results = args.results or "results/embedded.json"
+        return SigmaJob(CONFIG, EMBEDDED_CORPUS_NAME, cache_dir)
+    run = prepare_corpus_run(args, CONFIG, cache_dir)
+    args.output_dir, args.results = run["output_dir"], args.results or run["results"]
+    return SigmaJob(run["config"], run["corpus"], cache_dir, args.encoder)
+
+
+def print_report(args, job: SigmaJob, rows: dict) -> tuple[list, list]:
+    """Prints the tables; returns (differences, Recall@K by caption type: TinyShapes only)."""
+    corpus = job.load_corpus()
     test = corpus["test"]
     _, owners = caption_pairs(test)
     differences = comparison_rows(rows, comparisons(args.seeds, args.ablations), owners)
-    types = caption_types_by_position([len(c) for c in test["captions"]], TINY_SHAPES_CAPTION_TYPES)
-    by_type = caption_type_rows(rows, [TWO_TOWER, TWO_TOWER_PSEUDO, SIGMA, PAPER], types)
+    by_type, types_table = [], ""
+    if job.embedded:
+        types = caption_types_by_position([len(c) for c in test["captions"]], TINY_SHAPES_CAPTION_TYPES)
+        by_type = caption_type_rows(rows, [TWO_TOWER, TWO_TOWER_PSEUDO, SIGMA, PAPER], types)
+        types_table = f"\n\nRecall@K by caption type (test captions, %):\n{format_caption_types(by_type)}"
+    name = "TinyShapes" if job.embedded else f"{args.corpus} (prepared as {job.corpus})"
+    unseen = len(corpus["unseen"]) if "unseen" in corpus else 0
     print(
-        f"\nText→image retrieval on TinyShapes, Recall@K in %: each row queries the captions of one split "
-        f"(test: {len(test)} images indexed at training; unseen: {len(corpus['unseen'])} images added "
+        f"\nText→image retrieval on {name}, Recall@K in %: each row queries the captions of one split "
+        f"(test: {len(test)} images indexed at training; unseen: {unseen} images added "
         f"after training) and searches the gallery named, with its size"
         f"{' (smoke run: 64 queries)' if args.smoke else ''}\n{format_table(rows, 1 / len(test))}\n\n"
         f"{open_set_summary(rows)}\n\nDifferences in Recall@K points (test captions, paired by query):\n"
-        f"{format_comparisons(differences)}\n\nRecall@K by caption type (test captions, %):\n"
-        f"{format_caption_types(by_type)}"
+        f"{format_comparisons(differences)}{types_table}"
     )
+    return differences, by_type
+
+
+def main(argv=None) -> dict:
+    args = parse_arguments(argv)
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("modeling_sigma").setLevel(logging.INFO)  # progress lines of training and caches
+    args.start, timings = time.time(), {}
+    job = make_job(args)
+    rows = run_systems(args, job, timings)
+    differences, by_type = print_report(args, job, rows)
     report = {
+        "corpus": job.corpus,
+        "config": job.config,
         "results": rows,
         "differences": differences,
         "by_caption_type": by_type,
@@ -367,6 +430,13 @@ def main(argv=None) -> dict:
     with open(args.results, "w") as stream:
         json.dump(report, stream, indent=2)
     print(f"\nwrote {args.results}; wall time {report['wall_time_s']} s")
+    if not job.embedded:
+        examples = "|".join(captions[0] for captions in job.load_corpus()["test"]["captions"][:2])
+        print(
+            f"Space on this checkpoint: SIGMA_MODEL={args.output_dir}/stage3 SIGMA_CORPUS={job.corpus} "
+            f"SIGMA_DESCRIBE_MODEL={args.output_dir}/stage2 SIGMA_EXAMPLES={shlex.quote(examples)} "
+            "python space/app.py"
+        )
     return report
 
 

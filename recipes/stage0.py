@@ -96,7 +96,11 @@ def main(script_args: Stage0Arguments, builder_config: SigmaIdentifierBuilderCon
     # ----- data and features -----
     extra = {"image_root": script_args.image_root} if script_args.image_root else {}
     corpus = load_corpus(script_args.corpus, cache_dir=script_args.cache_dir, **extra)
-    encoder = None if script_args.features_dir else load_encoder(script_args.encoder)
+    encoder = None
+    if not script_args.features_dir:  # tiny-clip: the one trained on this corpus (cached by its content)
+        encoder = load_encoder(
+            script_args.encoder, cache_dir=script_args.cache_dir, corpus=script_args.corpus
+        )
     features, image_ids, captions = split_features(script_args, corpus, encoder, script_args.fit_splits)
     source = f"features in {script_args.features_dir}" if encoder is None else encoder.name
     print(f"encoded {len(image_ids)} images from {script_args.fit_splits} with {source}: {features.shape}")

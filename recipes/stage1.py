@@ -19,6 +19,13 @@ SECTION = "stage1"
 make_parser = stage.make_stage_parser
 
 
+def embedded_options(script_args: stage.SigmaStageArguments) -> dict:
+    """Image size of the embedded backbone (a real Qwen2.5-VL keeps its own processor settings)."""
+    if (script_args.model_name_or_path or "embedded") != "embedded":
+        return {}
+    return {"image_size": script_args.embedded_image_size}
+
+
 def main(script_args: stage.SigmaStageArguments, training_args) -> dict:
     # ----- data -----
     corpus = stage.load_stage_corpus(script_args)
@@ -36,6 +43,7 @@ def main(script_args: stage.SigmaStageArguments, training_args) -> dict:
         image_ids=image_ids,
         captions=captions,
         similarity_hidden_size=script_args.similarity_hidden_size,
+        **embedded_options(script_args),
     )
 
     # ----- train and save -----

@@ -37,7 +37,7 @@ def soft_labelled_train_split(script_args: stage.SigmaStageArguments, corpus):
     if teacher_name == "tiny-clip":
         from modeling_sigma.identifiers.tiny_clip import get_tiny_clip
 
-        teacher_name = get_tiny_clip(script_args.cache_dir)
+        teacher_name = get_tiny_clip(script_args.cache_dir, corpus=script_args.corpus)
     return add_soft_labels(train, teacher_name, cache_dir=script_args.cache_dir)
 
 

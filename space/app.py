@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 import sys
 import time
@@ -41,6 +42,19 @@ The model reads a description and *writes* the identifier of the matching image,
 of the indexed identifiers (Huang et al., Findings of ACL 2026). **Search** finds images, **Decode** asks the
 model what an identifier means, **Add** indexes a new image without retraining."""
 EXAMPLE_QUERY = "a small red circle at the left on a gray background"
+EXAMPLE_QUERIES = [
+    EXAMPLE_QUERY,
+    "a large blue star on a sand background",
+]  # TinyShapes; SIGMA_EXAMPLES: yours
+
+
+def example_queries() -> list[str]:
+    """The Search tab's examples: `SIGMA_EXAMPLES` (queries separated by `|`, for a checkpoint of your own
+    corpus; `run_embedded.py --corpus` prints them) or the TinyShapes ones."""
+    given = [query.strip() for query in os.environ.get("SIGMA_EXAMPLES", "").split("|") if query.strip()]
+    return given or EXAMPLE_QUERIES
+
+
 IDENTIFIER_PATTERN = re.compile(r"<id\d")
 
 
@@ -158,7 +172,8 @@ def build_demo(
         timer = gr.Timer(1.0)
         with gr.Tab("Search", id="search"):
             with gr.Row():
-                query = gr.Textbox(label="Describe the image", placeholder=EXAMPLE_QUERY, lines=2, scale=4)
+                examples = example_queries()
+                query = gr.Textbox(label="Describe the image", placeholder=examples[0], lines=2, scale=4)
                 k = gr.Slider(1, MAX_K, value=5, step=1, label="k (images)", scale=1)
             search_button = gr.Button("Search", variant="primary")
             search_note = gr.Markdown(elem_id="search-note")
@@ -168,7 +183,7 @@ def build_demo(
             )  # fmt: skip
             with gr.Accordion("Hits as JSON", open=False):
                 hits = gr.JSON(label="hits")
-            gr.Examples([[EXAMPLE_QUERY], ["a large blue star on a sand background"]], inputs=[query])
+            gr.Examples([[example] for example in examples], inputs=[query])
         with gr.Tab("Decode", id="decode"):
             picker = gr.Dropdown(
                 label="Identifier", allow_custom_value=True, elem_id="picker",

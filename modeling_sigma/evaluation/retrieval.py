@@ -50,12 +50,14 @@ def retrieve_split(
     rerank_weight: float | None = None,
     gallery_ids=None,
     index=None,
+    progress: bool = True,
 ) -> tuple[list[list[str]], list[str]]:
     """Searches only the split's images (or `gallery_ids`, see `index_split`) of `index` (default
     `model.index`) with each of its captions (the first `max_queries`).
 
     With `rerank_weight`, the beams are rescored by the similarity head as `open_set.index.search(rerank=True)`
-    does. Returns (retrieved image ids per caption, best first; each caption's own image id).
+    does. `progress` shows a bar over the queries (tqdm). Returns (retrieved image ids per caption, best first;
+    each caption's own image id).
     """
     from modeling_sigma.open_set.index import rerank_candidates, rerank_hits
 
@@ -63,7 +65,7 @@ def retrieve_split(
     if max_queries:
         queries, owners = queries[:max_queries], owners[:max_queries]
     gallery = index_split(model, dataset, gallery_ids, index)
-    search = partial(model.retrieve, queries, batch_size=batch_size, index=gallery)
+    search = partial(_search_in_chunks, model, queries, batch_size, gallery, progress)
     if rerank_weight is None:
         hits = search(k=k, num_beams=num_beams)
     else:
@@ -75,13 +77,26 @@ def retrieve_split(
     return rankings, [image_ids[o] for o in owners]
 
 
+def _search_in_chunks(model, queries, batch_size, index, progress, **search) -> list[list[dict]]:
+    """`model.retrieve` over the queries a few batches at a time, so a bar can show how far it is."""
+    from tqdm.auto import tqdm
+
+    hits, chunk = [], batch_size * 4
+    with tqdm(total=len(queries), desc="retrieve", unit="query", disable=not progress) as bar:
+        for start in range(0, len(queries), chunk):
+            batch = queries[start : start + chunk]
+            hits += model.retrieve(batch, batch_size=batch_size, index=index, **search)
+            bar.update(len(batch))
+    return hits
+
+
 def evaluate_retrieval(model, dataset, ks=DEFAULT_KS, **options) -> dict:
     """Text→image Recall@K over the split's captions, searching only the split's images, or the larger
     gallery `gallery_ids`, of `index` (default `model.index`; re-ranked by the similarity head when
     `rerank_weight` is given).
 
     `options` are those of `retrieve_split` (batch_size, num_beams, max_queries, rerank_weight, gallery_ids,
-    index). Returns the `recall@{k}` figures plus `queries`, `images` (the gallery size) and `seconds`.
+    index, progress). Returns the `recall@{k}` figures plus `queries`, `images` (the gallery size) and `seconds`.
     """
     start = time.time()
     rankings, relevant = retrieve_split(model, dataset, k=max(ks), **options)

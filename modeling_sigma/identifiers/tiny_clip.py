@@ -1,7 +1,9 @@
-"""The embedded default encoder: a tiny `transformers.CLIPModel` trained contrastively on TinyShapes.
+"""The embedded default encoder: a tiny `transformers.CLIPModel` trained contrastively on a corpus's train split.
 
 It is a real CLIP checkpoint (config, weights, tokenizer and image processor saved with
-`save_pretrained`), so the same `SigmaDualEncoder` code path loads it and any Hub CLIP/SigLIP.
+`save_pretrained`), so the same `SigmaDualEncoder` code path loads it and any Hub CLIP/SigLIP. It is trained on
+the corpus it encodes (TinyShapes by default, or any corpus folder) and cached under a key of that corpus's
+train split: a second run on the same corpus reuses it, a changed corpus trains a new one.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class TinyClipConfig:
     Args:
         hidden_size (`int`): width of both towers. projection_dim (`int`): size of the shared space.
         num_layers (`int`): transformer layers per tower. patch_size (`int`): ViT patch side in pixels.
+        image_size (`int`, *optional*): side the images are resized and centre-cropped to; `None`: the median
+            shorter side of the first train images (TinyShapes: 64), rounded down to a multiple of the patch.
         epochs (`int`), batch_size (`int`), learning_rate (`float`), seed (`int`): contrastive training.
     """
 
@@ -37,6 +41,7 @@ class TinyClipConfig:
     projection_dim: int = 64
     num_layers: int = 2
     patch_size: int = 8
+    image_size: int | None = None
     epochs: int = 12
     batch_size: int = 128
     learning_rate: float = 2e-3
@@ -107,7 +112,7 @@ def train_tiny_clip(
     config = config or TinyClipConfig()
     captions = train_split["captions"]
     tokenizer = train_tokenizer([c for image_captions in captions for c in image_captions])
-    image_size = load_image(train_split[0]["image"]).size[0]
+    image_size = config.image_size or corpus_image_size(train_split, config.patch_size)
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size=image_size)
     model = build_tiny_clip(tokenizer, image_size, config)
     pixels = _pixel_tensor(train_split["image"], image_processor)  # (images, 3, side, side)
@@ -138,6 +143,13 @@ def train_tiny_clip(
     return output_dir
 
 
+def corpus_image_size(split, patch_size: int, sample: int = 64) -> int:
+    """Median shorter side of the first `sample` images, a multiple of `patch_size` (mixed sizes allowed)."""
+    sides = sorted(min(load_image(split[row]["image"]).size) for row in range(min(sample, len(split))))
+    side = sides[len(sides) // 2]
+    return max(patch_size, side - side % patch_size)
+
+
 def _save_atomically(model, tokenizer, image_processor, config: TinyClipConfig, output_dir: str) -> None:
     with atomic_folder(output_dir) as staging:
         model.save_pretrained(staging)
@@ -151,18 +163,42 @@ def get_tiny_clip(
     corpus_config: TinyShapesConfig | None = None,
     config: TinyClipConfig | None = None,
     progress: bool = True,
+    corpus: str = EMBEDDED_CORPUS_NAME,
 ) -> str:
-    """Path of the tiny CLIP for this corpus; trains and caches it on first use."""
-    corpus_config, config = corpus_config or TinyShapesConfig(), config or TinyClipConfig()
-    key = hashlib.sha1(json.dumps([asdict(corpus_config), asdict(config)]).encode()).hexdigest()[:12]
+    """Path of the tiny CLIP of `corpus` (TinyShapes with `corpus_config`, or a corpus folder / `load_corpus`
+    name); trains it on that corpus's train split and caches it on first use.
+
+    The cache key holds the training config and the corpus: TinyShapes by its generator config, any other
+    corpus by `content_fingerprint` of its train split (image bytes, ids, captions).
+    """
+    config = config or TinyClipConfig()
+    if corpus == EMBEDDED_CORPUS_NAME:
+        corpus_config = corpus_config or TinyShapesConfig()
+        corpus_key, train = asdict(corpus_config), None
+    else:
+        from modeling_sigma.data.user_corpus import content_fingerprint
+
+        train = load_corpus(corpus, cache_dir=cache_dir)["train"]
+        corpus_key = content_fingerprint(train)
+    key = hashlib.sha1(json.dumps([corpus_key, asdict(config)]).encode()).hexdigest()[:12]
     path = os.path.join(os.fspath(cache_dir), f"tiny-clip-{key}")
     restore_interrupted_folder(path)
     if not os.path.isfile(os.path.join(path, "config.json")):
-        corpus = load_corpus(EMBEDDED_CORPUS_NAME, cache_dir=cache_dir, tiny_shapes=corpus_config)
-        logger.info("Training the embedded tiny CLIP into %s", path)
+        if train is None:
+            train = load_corpus(EMBEDDED_CORPUS_NAME, cache_dir=cache_dir, tiny_shapes=corpus_config)["train"]
+        logger.info("Training the embedded tiny CLIP on %s into %s", corpus, path)
         np.random.seed(config.seed)
-        train_tiny_clip(corpus["train"], path, config, progress=progress)
+        train_tiny_clip(train, path, config, progress=progress)
+    else:
+        logger.info("Reusing the tiny CLIP of %s at %s", corpus, path)
     return path
 
 
-__all__ = ["TinyClipConfig", "build_tiny_clip", "get_tiny_clip", "train_tiny_clip", "train_tokenizer"]
+__all__ = [
+    "TinyClipConfig",
+    "build_tiny_clip",
+    "corpus_image_size",
+    "get_tiny_clip",
+    "train_tiny_clip",
+    "train_tokenizer",
+]

@@ -63,6 +63,13 @@ class SigmaStageArguments:
         },
     )
     similarity_hidden_size: int = field(default=256, metadata={"help": "stage 1: similarity-head width"})
+    embedded_image_size: int = field(
+        default=64,
+        metadata={
+            "help": "stage 1, embedded backbone: images are resized (aspect kept) to at most this side squared "
+            "pixels (64: 4 visual tokens, 128: 16); real backbones keep their own processor"
+        },
+    )
     image_root: str | None = field(
         default=None, metadata={"help": "COCO Karpathy: local folder of COCO images"}
     )

@@ -82,7 +82,8 @@ def add_identifier_tokens(tokenizer, layout: SigmaIdentifierLayout) -> list[int]
 
 
 def build_image_processor(image_size: int = EMBEDDED_IMAGE_SIZE) -> Qwen2VLImageProcessorPil:
-    """PIL image processor: a 64×64 image becomes 56×56 → 16 patches → 4 image tokens after the 2×2 merge."""
+    """PIL image processor: any image is resized (aspect kept) to at most `image_size`² pixels, at least 56×56; a
+    64×64 image becomes 56×56 → 16 patches → 4 image tokens after the 2×2 merge, 128×128 gives 16 tokens."""
     return Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=image_size * image_size)
 
 
@@ -133,11 +134,13 @@ def tiny_backbone_config(
     )
 
 
-def build_embedded_backbone(captions: list[str], layout: SigmaIdentifierLayout, **config_kwargs):
+def build_embedded_backbone(
+    captions: list[str], layout: SigmaIdentifierLayout, image_size: int = EMBEDDED_IMAGE_SIZE, **config_kwargs
+):
     """Tokenizer (with identifier tokens), tiny backbone config, processor and identifier offsets."""
     tokenizer = build_tokenizer(captions)
     offsets = add_identifier_tokens(tokenizer, layout)
-    processor = SigmaProcessor(image_processor=build_image_processor(), tokenizer=tokenizer)
+    processor = SigmaProcessor(image_processor=build_image_processor(image_size), tokenizer=tokenizer)
     backbone_config = tiny_backbone_config(tokenizer, **config_kwargs)
     return Qwen2_5_VLForConditionalGeneration(backbone_config), processor, offsets
 

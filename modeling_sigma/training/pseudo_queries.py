@@ -99,6 +99,7 @@ def train_embedded_captioner(
             gradient_checkpointing=False,
             seed=config.seed,
             disable_tqdm=True,
+            run_name="pseudo-query captioner",
         )
         print(f"pseudo-queries: training the embedded captioner on {len(captions)} train captions")
         train_and_save(model, processor, arguments, captioning_examples(train), image_sources=[train])

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import torch
+from transformers import TrainerCallback
 from trl import SFTTrainer
 
 from modeling_sigma.modeling.fused_projections import clear_fused_weights
@@ -14,6 +16,48 @@ from modeling_sigma.training.collator import IGNORE_INDEX, SigmaCollator
 from modeling_sigma.training.examples import to_dataset
 
 logger = logging.getLogger(__name__)
+
+
+class SigmaProgressCallback(TrainerCallback):
+    """One log line every `every` share of the run: step, share done, seconds per step and time left.
+
+    For runs whose tqdm bar is off (`disable_tqdm`, e.g. logs written to a file), so a person can still follow a
+    long stage; only the main process prints.
+    """
+
+    def __init__(self, name: str, every: float = 0.05):
+        self.name, self.every = name, every
+        self.start, self.next_report = None, 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start, self.first_step = time.time(), state.global_step
+        self.next_report = state.global_step + max(1, round(state.max_steps * self.every))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step < self.next_report and state.global_step != state.max_steps:
+            return
+        self.next_report = state.global_step + max(1, round(state.max_steps * self.every))
+        if state.is_world_process_zero:
+            logger.info(
+                "%s", self.progress_line(state.global_step, state.max_steps, time.time() - self.start)
+            )
+
+    def progress_line(self, step: int, max_steps: int, elapsed: float) -> str:
+        done = max(1, step - self.first_step)
+        per_step = elapsed / done
+        left = per_step * max(0, max_steps - step)
+        return (
+            f"{self.name}: step {step}/{max_steps} ({100 * step / max(1, max_steps):.0f}%), "
+            f"{per_step:.2f} s/step, about {format_duration(left)} left"
+        )
+
+
+def format_duration(seconds: float) -> str:
+    """`42 s`, `7 min`, `1 h 05 min`: a remaining time a person reads at a glance."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 class SigmaTrainer(SFTTrainer):
@@ -107,6 +151,9 @@ def train_and_save(
         processing_class=processor.tokenizer,
         peft_config=peft_config,
     )
+    if training_args.disable_tqdm:  # no bar: log the progress instead
+        name = training_args.run_name or os.path.basename(os.path.normpath(training_args.output_dir))
+        trainer.add_callback(SigmaProgressCallback(name))
     if peft_config is not None and parameters_are_sharded(trainer):
         raise ValueError(
             "LoRA runs need whole weights on every rank to merge: use DDP or ZeRO-2, not ZeRO-3/FSDP"
@@ -203,7 +250,9 @@ def save_final_model(trainer, output_dir: str, dtype: torch.dtype = torch.float3
 
 
 __all__ = [
+    "SigmaProgressCallback",
     "SigmaTrainer",
+    "format_duration",
     "check_global_batch",
     "global_batch",
     "last_complete_checkpoint",

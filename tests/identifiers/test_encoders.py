@@ -1,4 +1,5 @@
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -103,3 +104,38 @@ def test_siglip_checkpoint_loads_through_the_same_path(tmp_path, tiny_corpus):
 def test_l2_normalise_keeps_zero_rows():
     out = l2_normalise(np.array([[3.0, 4.0], [0.0, 0.0]]))
     np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0]])
+
+
+def _landscape_corpus(folder, num_images: int, seed: int):
+    import importlib.util
+
+    from sigma_testing_utils import REPO_ROOT
+
+    from modeling_sigma.data.user_corpus import prepare_corpus
+
+    spec = importlib.util.spec_from_file_location("landscapes", REPO_ROOT / "examples" / "landscapes.py")
+    landscapes = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("landscapes", landscapes)  # its dataclasses look their module up
+    spec.loader.exec_module(sys.modules["landscapes"])
+    landscapes = sys.modules["landscapes"]
+    source = landscapes.generate_landscapes(folder / "source", num_images=num_images, seed=seed)
+    prepare_corpus(str(source), folder / "corpus", num_test=4, num_unseen=2)
+    return str(folder / "corpus")
+
+
+def test_tiny_clip_is_trained_on_the_corpus_it_encodes_and_keyed_by_it(tmp_path, tiny_corpus_config):
+    cache = tmp_path / "cache"
+    first = _landscape_corpus(tmp_path / "a", 24, seed=0)
+    path = get_tiny_clip(cache, config=SMALL, progress=False, corpus=first)
+    weights = os.path.join(path, "model.safetensors")
+    stamp = os.stat(weights).st_mtime_ns
+    assert get_tiny_clip(cache, config=SMALL, progress=False, corpus=first) == path  # reused, not retrained
+    assert os.stat(weights).st_mtime_ns == stamp
+    changed = _landscape_corpus(tmp_path / "b", 24, seed=1)
+    assert get_tiny_clip(cache, config=SMALL, progress=False, corpus=changed) != path
+    shapes = get_tiny_clip(cache, tiny_corpus_config, SMALL, progress=False)
+    assert shapes != path
+    encoder = load_encoder("tiny-clip", cache_dir=cache, corpus=first, config=SMALL, progress=False)
+    assert encoder.name == path
+    vocabulary = encoder.tokenizer.get_vocab()  # the words of this corpus, not TinyShapes'
+    assert "mountain" in vocabulary and "triangle" not in vocabulary

@@ -454,3 +454,11 @@ def test_default_build_waits_for_another_run_then_builds(tmp_path, monkeypatch):
     build_default.build_embedded_default(lines.append, idle_seconds=0)  # idle folder: build in a child
     assert lines == ["=== step 1 of 4: stage0", "fitting"] and build_default.is_complete_checkpoint(target)
     assert children[0][-2:] == [str(SPACE_DIR / "build_default.py"), "--exit-with-parent"]
+
+
+def test_examples_come_from_sigma_examples_for_a_checkpoint_of_another_corpus(monkeypatch):
+    app = load_app()
+    monkeypatch.delenv("SIGMA_EXAMPLES", raising=False)
+    assert app.example_queries() == app.EXAMPLE_QUERIES
+    monkeypatch.setenv("SIGMA_EXAMPLES", "a night sky over a meadow | a red boat|")
+    assert app.example_queries() == ["a night sky over a meadow", "a red boat"]
