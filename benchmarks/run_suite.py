@@ -217,7 +217,7 @@ def run_stage0_build(sizes: list[int], dim: int) -> dict:
 
 def run_efficiency(args) -> dict:
     torch.set_num_threads(1)
-    report = {}
+    report, start = {}, time.time()
     print("\n=== insert throughput", flush=True)
     report["insert"] = bench_index.measure_insert_throughput(num_images=256, rounds=3)
     print(json.dumps(report["insert"], indent=2))
@@ -234,6 +234,7 @@ def run_efficiency(args) -> dict:
     )
     print("\n=== stage-0 build time", flush=True)
     report["stage0"] = run_stage0_build(args.stage0_sizes, 512)
+    report["seconds"] = round(time.time() - start, 1)
     return report
 
 
@@ -408,7 +409,7 @@ def _save(fig, name: str) -> str:
 
 
 def render_markdown(report: dict) -> str:
-    parts = [f"Regenerate with `{report['command']}` ({report['machine']}).", ""]
+    parts = [f"Regenerate with `{report['command']}` ({report['machine']}).", *_part_times(report), ""]
     if "quality" in report:
         parts += [
             "#### Quality",
@@ -422,6 +423,24 @@ def render_markdown(report: dict) -> str:
         parts += ["#### Efficiency", "", efficiency_tables(report["efficiency"]), ""]
         parts += ["![latency](results/latency.png)", "", "![efficiency](results/efficiency.png)", ""]
     return "\n".join(parts).rstrip() + "\n"
+
+
+def _part_times(report: dict) -> list[str]:
+    """One line with the wall time of each part (a `--skip-quality` run keeps the earlier quality part)."""
+    times = []
+    for part in ("quality", "efficiency"):
+        seconds = report.get(part, {}).get("seconds")
+        if isinstance(seconds, dict):  # the quality part times each trained system
+            seconds = sum(seconds.values())
+        if seconds is not None:
+            times.append(f"{part} {seconds / 60:.0f} min")
+    if not times:
+        return []
+    return [
+        "",
+        f"Wall time per part: {', '.join(times)}; `--skip-quality` reruns the efficiency part alone and keeps "
+        "the quality part of `results/benchmarks.json`.",
+    ]
 
 
 def replace_marked(path: str, text: str) -> bool:
