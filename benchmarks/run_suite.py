@@ -2,7 +2,7 @@
 
     make bench                                        # = python benchmarks/run_suite.py (about 1 h on 2 CPU cores)
     python benchmarks/run_suite.py --reuse            # keep stage folders an identical earlier run finished
-    python benchmarks/run_suite.py --skip-quality     # efficiency only (about 15 min)
+    python benchmarks/run_suite.py --skip-quality     # efficiency only (about 20 min)
     python benchmarks/run_suite.py --plots-only       # redraw plots and tables from results/benchmarks.json
 
 Quality (`recipes/run_embedded.py --ablations --rerank --seeds 2`, TinyShapes, Recall@1/5/10): the two-tower
@@ -13,11 +13,17 @@ added after training by stage-1 generation or by the stage-0 quantiser), each se
 for generation-assigned images also in one test + unseen gallery, where old and new images compete.
 
 Efficiency (1 thread, synthetic identifiers in the paper layout 64/32/16/32/64):
-- query latency against corpus size 1K → 1M: the tiny SIGMA model (trie-constrained beam search, k = 10,
-  10 beams) against a two-tower with exact faiss search (tiny-CLIP text tower + `IndexFlatIP`, at the tiny CLIP
-  width and at 512-d, a CLIP ViT-B width), and where the two curves cross;
-- constraint overhead per decode step: the tiny model's beam search with and without the trie, and the
-  logits-processor alone against transformers' `PrefixConstrainedLogitsProcessor` over a dict trie;
+- query latency against corpus size 1K → 1M, batch 1 and 32, interleaved: the tiny SIGMA model through the
+  decoding engine (exact and restricted scoring), through transformers' `generate` (the path before the engine)
+  and through transformers' beam search with `PrefixConstrainedLogitsProcessor` over a dict trie, against a
+  two-tower with exact faiss search (tiny-CLIP text tower + `IndexFlatIP`, at the tiny CLIP width and at 512-d, a
+  CLIP ViT-B width), and where the curves cross; bytes per indexed image of the SIGMA index;
+- faiss flat, HNSW and IVF-PQ, search only (`--ann-dim`, default 128-d), with recall@10 against flat, bytes per
+  image and the crossover against the engine (benchmarks/suite_engine.py);
+- constraint cost per decode step: transformers' beam search with and without the trie, and at 320 beams over
+  1M identifiers, at the tiny and at Qwen's 151,665-token vocabulary, the engine's `expand_beams` against
+  `SigmaTrieLogitsProcessor` and `PrefixConstrainedLogitsProcessor` + dict trie, each followed by its beam
+  selection;
 - stage-0 build time (k-means + Semi-NMF + residual product quantiser) on synthetic 512-d features;
 - open-set insert throughput (`open_set.index.add_images`, generation mode).
 
@@ -36,7 +42,6 @@ import platform
 import statistics
 import time
 from functools import partial
-from types import SimpleNamespace
 
 # The sibling bench_*.py modules import as top-level modules: `python benchmarks/run_suite.py` puts this folder
 # first on sys.path (and pytest's `pythonpath` setting does for the tests).
@@ -45,6 +50,7 @@ import bench_index
 import bench_retrieval
 import bench_stage0
 import numpy as np
+import suite_engine
 import torch
 
 from modeling_sigma.evaluation.tables import format_caption_types, format_comparisons, table_rows
@@ -135,27 +141,10 @@ def run_latency(sizes: list[int], repeats: int, dims: list[int]) -> dict:
     faiss.omp_set_num_threads(1)
     torch.manual_seed(0)
     layout = SigmaIdentifierLayout()
-    model, _ = build_sigma_model("embedded", layout, captions=bench_retrieval.load_captions())
+    model, processor = build_sigma_model("embedded", layout, captions=bench_retrieval.load_captions())
     model.eval()
-    indexes = {}
-    for size in sizes:
-        model.set_index(
-            bench_retrieval.random_identifiers(size, layout.sizes), [f"img{i}" for i in range(size)]
-        )
-        indexes[size] = {name: getattr(model, name) for name in bench_retrieval.INDEX_ATTRIBUTES}
-    generative = {
-        batch: bench_retrieval.interleaved_p50(
-            model, indexes, QUERIES[:batch], repeats if batch == 1 else 3, 10
-        )
-        for batch in (1, 32)
-    }
-    generate_path = {  # transformers' beam search + a second forward: the path before the decoding engine
-        batch: bench_retrieval.interleaved_p50(
-            model, indexes, QUERIES[:batch], repeats if batch == 1 else 3, 10, engine="generate"
-        )
-        for batch in (1, 32)
-    }
-    del indexes
+    engine = suite_engine.run_engine_latency(model, processor, sizes, repeats)
+    del model
 
     encoder = load_encoder("tiny-clip", cache_dir=os.path.join(ROOT, "outputs", "cache"))
     tiny_dim = int(encoder.encode_texts(QUERIES[:1]).shape[1])
@@ -173,17 +162,8 @@ def run_latency(sizes: list[int], repeats: int, dims: list[int]) -> dict:
                 search = partial(flat_search, encoder, index, projection, QUERIES[:batch])
                 flat[dim][batch].append(p50_ms(search, repeats if batch == 1 else 3))
             del index
-    report = {
-        "sizes": sizes,
-        "tiny_clip_dim": tiny_dim,
-        "generative_ms": {},
-        "generate_path_ms": {},
-        "faiss_flat_ms": {},
-        "crossover": {},
-    }
+    report = {"sizes": sizes, "tiny_clip_dim": tiny_dim, **engine, "faiss_flat_ms": {}, "crossover": {}}
     for batch in (1, 32):  # string keys, as they come back from the JSON file
-        report["generative_ms"][str(batch)] = [generative[batch][size] for size in sizes]
-        report["generate_path_ms"][str(batch)] = [generate_path[batch][size] for size in sizes]
         typical = statistics.median(report["generative_ms"][str(batch)])  # flat in N
         for dim, times in flat.items():
             report["faiss_flat_ms"].setdefault(str(dim), {})[str(batch)] = times[batch]
@@ -192,7 +172,7 @@ def run_latency(sizes: list[int], repeats: int, dims: list[int]) -> dict:
 
 
 def run_constraint(num_identifiers: int, repeats: int) -> dict:
-    """Constraint cost per decode step: in the tiny model's beam search, and the logits processor alone."""
+    """Constraint cost per decode step in transformers' beam search (the `generate` path), with and without the trie."""
     torch.manual_seed(0)
     layout = SigmaIdentifierLayout()
     model, processor = build_sigma_model("embedded", layout, captions=bench_retrieval.load_captions())
@@ -214,16 +194,8 @@ def run_constraint(num_identifiers: int, repeats: int) -> dict:
             "without_trie": free_ms / steps,
             "overhead": (trie_ms - free_ms) / steps,
         }
-    args = SimpleNamespace(queries=32, beams=10, repeats=20, vocab_sizes=[0, 151_665])
-    trie = bench_stage0.bench_trie(
-        bench_stage0.paper_codes(num_identifiers, PAPER_LAYOUT), PAPER_LAYOUT, "paper", args
-    )
-    engine = bench_decoding.run_steps(num_identifiers, 32, 10, 20, [0, 151_665], with_processors=False)
-    report["processor_ms_per_step"] = {
-        str(vocab): {**methods, **engine["ms_per_step"].get(vocab, {})}
-        for vocab, methods in trie.pop("ms_per_step").items()
-    }
-    report["trie"] = trie
+    trie = model.index.trie
+    report["trie"] = {"bytes_per_identifier": trie.nbytes / len(trie)}
     return report
 
 
@@ -245,17 +217,24 @@ def run_stage0_build(sizes: list[int], dim: int) -> dict:
 
 def run_efficiency(args) -> dict:
     torch.set_num_threads(1)
-    report = {}
+    report, start = {}, time.time()
     print("\n=== insert throughput", flush=True)
     report["insert"] = bench_index.measure_insert_throughput(num_images=256, rounds=3)
     print(json.dumps(report["insert"], indent=2))
     print("\n=== constraint overhead", flush=True)
     report["constraint"] = run_constraint(max(args.sizes), args.repeats)
+    print("\n=== per-step constraint + beam selection (engine, logits processors)", flush=True)
+    report["steps"] = suite_engine.run_engine_steps(max(args.sizes), 20)
     print("\n=== latency vs corpus size", flush=True)
     report["latency"] = run_latency(args.sizes, args.repeats, args.faiss_dims)
     print(json.dumps(report["latency"], indent=2))
+    print("\n=== faiss flat / HNSW / IVF-PQ, search only", flush=True)
+    report["ann"] = suite_engine.run_engine_ann(
+        args.ann_sizes or args.sizes, args.ann_dim, args.repeats, report["latency"]
+    )
     print("\n=== stage-0 build time", flush=True)
     report["stage0"] = run_stage0_build(args.stage0_sizes, 512)
+    report["seconds"] = round(time.time() - start, 1)
     return report
 
 
@@ -279,15 +258,15 @@ def efficiency_tables(efficiency: dict) -> str:
     latency = efficiency["latency"]
     dims = list(latency["faiss_flat_ms"])
     header = " | ".join(f"faiss flat {dim}-d, b{b} (ms)" for b in (1, 32) for dim in dims)
-    before = latency.get("generate_path_ms", {})  # absent in reports written before the decoding engine
-    before_header = " SIGMA-tiny via generate, b1 (ms) | b32 (ms) |" if before else ""
+    extra = [(key, label) for key, label in suite_engine.LATENCY_COLUMNS if key in latency]  # newer reports
+    extra_header = "".join(f" {label}, b1 (ms) | b32 (ms) |" for _, label in extra)
     lines = [
-        f"| corpus size | SIGMA-tiny, b1 (ms) | SIGMA-tiny, b32 (ms) |{before_header} {header} |",
-        "|---" * (3 + 2 * bool(before) + 2 * len(dims)) + "|",
+        f"| corpus size | SIGMA-tiny, b1 (ms) | SIGMA-tiny, b32 (ms) |{extra_header} {header} |",
+        "|---" * (3 + 2 * len(extra) + 2 * len(dims)) + "|",
     ]
     for i, size in enumerate(latency["sizes"]):
         cells = [f"{latency['generative_ms'][b][i]:.1f}" for b in ("1", "32")]
-        cells += [f"{before[b][i]:.1f}" for b in ("1", "32")] if before else []
+        cells += [f"{latency[key][b][i]:.1f}" for key, _ in extra for b in ("1", "32")]
         cells += [f"{latency['faiss_flat_ms'][dim][b][i]:.1f}" for b in ("1", "32") for dim in dims]
         lines.append(f"| {size:,} | " + " | ".join(cells) + " |")
     lines.append("")
@@ -300,7 +279,8 @@ def efficiency_tables(efficiency: dict) -> str:
     constraint = efficiency["constraint"]
     lines += [
         "",
-        f"Constraint overhead per decode step ({constraint['identifiers']:,} identifiers, 10 beams):",
+        f"Constraint overhead per decode step of transformers' beam search (`generate` path, "
+        f"{constraint['identifiers']:,} identifiers, 10 beams):",
         "",
         "| batch | beam search with trie (ms/step) | without (ms/step) | overhead (ms/step) |",
         "|---|---|---|---|",
@@ -309,10 +289,15 @@ def efficiency_tables(efficiency: dict) -> str:
         lines.append(
             f"| {batch} | {step['with_trie']:.2f} | {step['without_trie']:.2f} | {step['overhead']:.2f} |"
         )
-    lines += ["", "| vocabulary | method | ms per step (32 queries × 10 beams) |", "|---|---|---|"]
-    for vocab, methods in constraint["processor_ms_per_step"].items():
-        for method, ms in methods.items():
-            lines.append(f"| {int(vocab):,} | {method} | {ms:.3f} |")
+    if "steps" in efficiency:
+        lines += ["", *suite_engine.steps_table(efficiency["steps"])]
+    else:  # reports written before the decoding engine: the logits processors alone
+        lines += ["", "| vocabulary | method | ms per step (32 queries × 10 beams) |", "|---|---|---|"]
+        for vocab, methods in constraint["processor_ms_per_step"].items():
+            for method, ms in methods.items():
+                lines.append(f"| {int(vocab):,} | {method} | {ms:.3f} |")
+    if "ann" in efficiency:
+        lines += ["", *suite_engine.ann_table(efficiency["ann"], latency.get("sigma_bytes_per_image"))]
     stage0, insert = efficiency["stage0"], efficiency["insert"]
     builds = ", ".join(f"{size:,}: {sec:.1f} s" for size, sec in zip(stage0["sizes"], stage0["seconds"]))
     lines += [
@@ -366,13 +351,7 @@ def draw_plots(report: dict) -> list[str]:
         for ax, batch in zip(axes, (1, 32)):
             batch_key = str(batch)
             ax.plot(sizes, latency["generative_ms"][batch_key], "o-", label="SIGMA-tiny (decoding engine)")
-            if "generate_path_ms" in latency:
-                ax.plot(
-                    sizes,
-                    latency["generate_path_ms"][batch_key],
-                    "^-",
-                    label="SIGMA-tiny (transformers generate)",
-                )
+            suite_engine.plot_latency_rows(ax, sizes, latency, report["efficiency"].get("ann"), batch_key)
             for dim, times in latency["faiss_flat_ms"].items():
                 ax.plot(sizes, times[batch_key], "s--", label=f"two-tower, faiss flat {dim}-d")
                 cross = latency["crossover"][dim][batch_key]
@@ -403,15 +382,18 @@ def draw_plots(report: dict) -> list[str]:
         axes[1].bar(x + 0.2, [steps[b]["with_trie"] for b in batches], 0.4, label="trie-constrained")
         axes[1].set_xticks(x, [f"batch {b}" for b in batches])
         axes[1].set_ylabel("ms per decode step")
-        axes[1].set_title(f"constraint overhead ({efficiency['constraint']['identifiers']:,} ids)")
+        axes[1].set_title(f"generate path: trie overhead ({efficiency['constraint']['identifiers']:,} ids)")
         axes[1].legend(fontsize=7)
-        processor = efficiency["constraint"]["processor_ms_per_step"]
-        vocab = max(processor, key=int)
-        names = [name for name in processor[vocab] if "vocab" not in name and "only" not in name]
-        axes[2].bar(range(len(names)), [processor[vocab][n] for n in names])
-        axes[2].set_xticks(range(len(names)), [n.replace(" + ", "\n+ ") for n in names], fontsize=7)
-        axes[2].set_ylabel("ms per step (320 beams)")
-        axes[2].set_title(f"logits processor, vocab {int(vocab):,}")
+        if "steps" in efficiency:
+            suite_engine.plot_steps(axes[2], efficiency["steps"])
+        else:  # reports written before the decoding engine
+            processor = efficiency["constraint"]["processor_ms_per_step"]
+            vocab = max(processor, key=int)
+            names = [name for name in processor[vocab] if "vocab" not in name and "only" not in name]
+            axes[2].bar(range(len(names)), [processor[vocab][n] for n in names])
+            axes[2].set_xticks(range(len(names)), [n.replace(" + ", "\n+ ") for n in names], fontsize=7)
+            axes[2].set_ylabel("ms per step (320 beams)")
+            axes[2].set_title(f"logits processor, vocab {int(vocab):,}")
         fig.tight_layout()
         written.append(_save(fig, "efficiency.png"))
     return written
@@ -427,7 +409,7 @@ def _save(fig, name: str) -> str:
 
 
 def render_markdown(report: dict) -> str:
-    parts = [f"Regenerate with `{report['command']}` ({report['machine']}).", ""]
+    parts = [f"Regenerate with `{report['command']}` ({report['machine']}).", *_part_times(report), ""]
     if "quality" in report:
         parts += [
             "#### Quality",
@@ -441,6 +423,24 @@ def render_markdown(report: dict) -> str:
         parts += ["#### Efficiency", "", efficiency_tables(report["efficiency"]), ""]
         parts += ["![latency](results/latency.png)", "", "![efficiency](results/efficiency.png)", ""]
     return "\n".join(parts).rstrip() + "\n"
+
+
+def _part_times(report: dict) -> list[str]:
+    """One line with the wall time of each part (a `--skip-quality` run keeps the earlier quality part)."""
+    times = []
+    for part in ("quality", "efficiency"):
+        seconds = report.get(part, {}).get("seconds")
+        if isinstance(seconds, dict):  # the quality part times each trained system
+            seconds = sum(seconds.values())
+        if seconds is not None:
+            times.append(f"{part} {seconds / 60:.0f} min")
+    if not times:
+        return []
+    return [
+        "",
+        f"Wall time per part: {', '.join(times)}; `--skip-quality` reruns the efficiency part alone and keeps "
+        "the quality part of `results/benchmarks.json`.",
+    ]
 
 
 def replace_marked(path: str, text: str) -> bool:
@@ -493,6 +493,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--faiss-dims", type=int, nargs="+", default=[512], help="besides the tiny CLIP width"
     )
+    parser.add_argument(
+        "--ann-sizes", type=int, nargs="+", default=None, help="faiss ANN sizes (default --sizes)"
+    )
+    parser.add_argument("--ann-dim", type=int, default=128, help="embedding width of the faiss ANN baselines")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument(
         "--output-dir", default=RESULTS, help="where JSON and plots go; README/model card only for results/"

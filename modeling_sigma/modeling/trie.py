@@ -299,6 +299,7 @@ class SigmaTrieChildren:
         self.sizes = [int(size) for size in sizes]
         self.keys_seen = None
         self._by_device: dict = {}
+        self._aranges: dict[int, torch.Tensor] = {}
 
     @classmethod
     def from_trie(cls, trie: SigmaIdentifierTrie) -> "SigmaTrieChildren":
@@ -341,24 +342,43 @@ class SigmaTrieChildren:
             self._by_device[device] = moved
         return self._by_device[device]
 
-    def gather(self, level: int, parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def gather(
+        self, level: int, parents: torch.Tensor, checked: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Children at `level` of parent nodes of `level - 1` (`parents` of any shape; the root is node 0 of -1).
+
+        Args:
+            level (`int`): the level of the children.
+            parents (`torch.LongTensor`): node indices at `level - 1`.
+            checked (`bool`, *optional*, defaults to `True`): clamp `parents` into the level's node range first;
+                `False` (the beam search, whose nodes come from these tables) saves that op, and an index out of
+                range then raises.
 
         Returns:
             `(codes, nodes, valid)`, each of shape `parents.shape + (widths[level],)`: the child codes in increasing
             order, their node indices at `level`, and which of the `widths[level]` slots hold a child. Padding slots
             repeat a valid node index (or 0) so that they can be gathered safely.
         """
-        width = self.widths[level]
-        bounds = self._bounds(level).index_select(
-            0, parents.reshape(-1).clamp(0, self.offsets[level].numel() - 2)
-        )
-        bounds = bounds.view(*parents.shape, 2).long()  # (..., 2): first child, end of the children
-        start, end = bounds[..., :1], bounds[..., 1:]
-        nodes = start + torch.arange(width, device=parents.device)  # (..., width)
+        width, flat = self.widths[level], parents.reshape(-1)
+        if checked:
+            flat = flat.clamp(0, self.offsets[level].numel() - 2)
+        bounds = self._bounds(level).index_select(0, flat).long()  # (n, 2): first child, end of the children
+        start, end = bounds[:, :1], bounds[:, 1:]
+        nodes = start + self.arange(width)  # (n, width)
         valid = nodes < end
         nodes = torch.minimum(nodes, end - 1).clamp_(min=0)  # padding repeats the last child (or node 0)
-        return torch.take(self.codes[level], nodes).long(), nodes, valid
+        shape = (*parents.shape, width)
+        codes = torch.take(self.codes[level], nodes).long()
+        return codes.view(shape), nodes.view(shape), valid.view(shape)
+
+    def arange(self, size: int) -> torch.Tensor:
+        """`torch.arange(size)` (int64) on the tables' device, built once per size: no per-step allocation."""
+        cached = self._aranges.get(size)
+        if cached is None:
+            with torch.inference_mode(False):  # usable inside and outside inference mode
+                cached = torch.arange(size, device=self.codes[0].device)
+            self._aranges[size] = cached
+        return cached
 
     def _bounds(self, level: int) -> torch.Tensor:
         """`(num_parents, 2)` view of `offsets[level]`: every parent's first child and end in one row."""

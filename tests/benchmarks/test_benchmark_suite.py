@@ -71,6 +71,31 @@ def fake_report() -> dict:
     }
 
 
+def engine_rows() -> dict:
+    """What the decoding-engine runs add to a report (suite_engine.py): per-step table, faiss ANN baselines."""
+    per_step = {
+        "engine expand_beams": 0.2,
+        "PrefixConstrained + dict": 5.0,
+        "LM head, level slice (restricted)": 0.05,
+    }
+    at = {str(size): {"1": 0.5, "32": 2.0} for size in SIZES}
+    return {
+        "steps": {
+            "identifiers": 1_000_000,
+            "beams": 320,
+            "ms_per_step": {"1208": per_step, "151665": {**per_step, "PrefixConstrained + dict": 400.0}},
+        },
+        "ann": {
+            "sizes": SIZES,
+            "dim": 128,
+            "ms": {"flat": at, "hnsw": at},
+            "recall@10": {kind: {str(size): 0.9 for size in SIZES} for kind in ("flat", "hnsw")},
+            "bytes_per_image": {kind: {str(size): 600.0 for size in SIZES} for kind in ("flat", "hnsw")},
+            "crossover": {kind: {"1": {"corpus_size": None, "measured": False}} for kind in ("flat", "hnsw")},
+        },
+    }
+
+
 def test_crossover_of_a_linear_curve():
     times = [1.0 + 1e-4 * n for n in SIZES]  # 1 ms + 0.1 ms per 1,000 images
     inside = run_suite.crossover(SIZES, times, 51.0)
@@ -117,3 +142,21 @@ def test_efficiency_table_shows_the_generate_path_next_to_the_engine():
     table = run_suite.efficiency_tables(report["efficiency"])
     assert "| corpus size | SIGMA-tiny, b1 (ms) | SIGMA-tiny, b32 (ms) | SIGMA-tiny via generate, b1" in table
     assert "| 1,000,000 | 20.0 | 400.0 | 80.0 | 1600.0 |" in table
+
+
+def test_efficiency_tables_carry_the_engine_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_suite, "RESULTS", str(tmp_path))
+    report = fake_report()
+    report["efficiency"].update(engine_rows())
+    report["efficiency"]["latency"]["restricted_ms"] = {"1": [10.0] * 4, "32": [200.0] * 4}
+    report = json.loads(json.dumps(report))
+    run_suite.write_outputs(report)
+    markdown = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "| engine expand_beams | 0.200 | 0.200 | 1.00× | 25× | 2000× |" in markdown
+    assert "| LM head, level slice (restricted) | 0.050 | 0.050 | 1.00× | – | – |" in markdown
+    assert "| hnsw | 0.500 / 2.00, R 0.900 |" in markdown
+    assert (
+        "SIGMA-tiny restricted, b1 (ms)" in markdown
+        and "| 1,000,000 | 20.0 | 400.0 | 10.0 | 200.0 |" in markdown
+    )
+    assert "crossover, faiss hnsw (search only) vs SIGMA-tiny engine, batch 1: none" in markdown

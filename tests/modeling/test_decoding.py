@@ -6,6 +6,7 @@ import pytest
 import torch
 from sigma_testing_utils import LAYOUT, build_tiny_model
 
+from modeling_sigma.modeling.decoding import expand_beams
 from modeling_sigma.modeling.trie import SigmaIdentifierTrie
 
 QUERIES = [
@@ -145,3 +146,23 @@ def test_children_tables_follow_insert_and_delete():
     trie.delete(torch.tensor([[0, 2], [0, 1]]))
     assert trie.children_tables().codes[1].tolist() == [0]
     assert trie.prefix_nodes(torch.tensor([[1], [0], [5]])).tolist() == [0, -1, -1]
+
+
+def test_expand_beams_selects_like_a_stable_sort():
+    """The int64-key topk gives the best candidates in a stable descending sort's order: ties to the smaller
+    candidate (beam, then code), `-0.0` tied with `0.0`, `-inf` (no child) last."""
+    codes = torch.tensor([[a, b] for a in range(3) for b in range(4) if (a + b) % 3])  # uneven child counts
+    trie = SigmaIdentifierTrie.from_codes(codes, [3, 4])
+    tables = trie.children_tables()
+    nodes = torch.tensor([[0, 1, 2], [2, 2, 0]])  # level-0 nodes of two queries, three beams each
+    scores = torch.tensor([[0.0, -0.0, -1.0], [-0.5, -torch.inf, 0.5]])
+    log_probs = torch.tensor([[0.0, -0.0, 0.0, -1.0]]).repeat(6, 1)  # ties within and across beams
+    kept, parents, child_codes, child_nodes = expand_beams(tables, 1, nodes, scores, log_probs, num_beams=5)
+    gathered, gathered_nodes, valid = tables.gather(1, nodes.reshape(-1))
+    candidates = torch.where(valid, scores.reshape(-1, 1) + log_probs.gather(1, gathered), -torch.inf)
+    expected, order = torch.sort(candidates.view(2, -1), dim=-1, descending=True, stable=True)
+    slots = (order[:, :5] + torch.tensor([[0], [3 * gathered.shape[1]]])).view(-1)
+    assert torch.equal(kept, expected[:, :5])
+    assert torch.equal(parents, slots // gathered.shape[1])
+    assert torch.equal(child_codes, gathered.view(-1)[slots])
+    assert torch.equal(child_nodes, gathered_nodes.view(-1)[slots])
