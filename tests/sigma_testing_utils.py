@@ -40,3 +40,18 @@ def build_tiny_model(lambda_ssp: float = 0.1, seed: int = 0):
         **TINY_SIZES,
     )
     return model.eval(), processor, codes, image_ids
+
+
+def assert_same_hits(expected, actual):
+    """Same identifiers and image ids in the same order, and the same scores and similarities (to 1e-5)."""
+    assert len(expected) == len(actual)
+    for reference, hits in zip(expected, actual):
+        assert [hit["identifier"] for hit in hits] == [hit["identifier"] for hit in reference]
+        assert [hit["image_id"] for hit in hits] == [hit["image_id"] for hit in reference]
+        for name in ("score", "similarity"):
+            torch.testing.assert_close(
+                torch.tensor([hit[name] for hit in hits]),
+                torch.tensor([hit[name] for hit in reference]),
+                atol=1e-5,
+                rtol=1e-5,
+            )

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from sigma_testing_utils import LAYOUT, build_tiny_model
+from sigma_testing_utils import LAYOUT, assert_same_hits, build_tiny_model
 
 from modeling_sigma.modeling.decoding import expand_beams
 from modeling_sigma.modeling.trie import SigmaIdentifierTrie
@@ -27,20 +27,6 @@ def tiny():
         for linear in (model.similarity_head.dense_in, model.similarity_head.dense_hidden):
             linear.weight.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(1))
     return model, codes, image_ids
-
-
-def assert_same_hits(expected, actual):
-    assert len(expected) == len(actual)
-    for reference, hits in zip(expected, actual):
-        assert [hit["identifier"] for hit in hits] == [hit["identifier"] for hit in reference]
-        assert [hit["image_id"] for hit in hits] == [hit["image_id"] for hit in reference]
-        for name in ("score", "similarity"):
-            torch.testing.assert_close(
-                torch.tensor([hit[name] for hit in hits]),
-                torch.tensor([hit[name] for hit in reference]),
-                atol=1e-5,
-                rtol=1e-5,
-            )
 
 
 @pytest.mark.parametrize(

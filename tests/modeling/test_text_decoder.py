@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from sigma_testing_utils import build_tiny_model
+from sigma_testing_utils import assert_same_hits, build_tiny_model
 
 from modeling_sigma.modeling.decoding import sigma_beam_search
 from modeling_sigma.modeling.fused_projections import clear_fused_weights
@@ -67,19 +67,6 @@ def assert_same_search(expected, actual):
     assert torch.equal(expected.codes, actual.codes) and torch.equal(expected.valid, actual.valid)
     torch.testing.assert_close(actual.scores, expected.scores, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(actual.pooled, expected.pooled, atol=1e-5, rtol=1e-5)
-
-
-def assert_same_hits(expected, actual):
-    assert len(expected) == len(actual)
-    for reference, hits in zip(expected, actual):
-        assert [hit["identifier"] for hit in hits] == [hit["identifier"] for hit in reference]
-        for name in ("score", "similarity"):
-            torch.testing.assert_close(
-                torch.tensor([hit[name] for hit in hits]),
-                torch.tensor([hit[name] for hit in reference]),
-                atol=1e-5,
-                rtol=1e-5,
-            )
 
 
 # ------------------------------------------------------------------------------ lean path == backbone forward
