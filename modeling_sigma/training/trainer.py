@@ -27,7 +27,7 @@ class SigmaProgressCallback(TrainerCallback):
 
     def __init__(self, name: str, every: float = 0.05):
         self.name, self.every = name, every
-        self.start, self.next_report = None, 0
+        self.start, self.first_step, self.next_report = None, 0, 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start, self.first_step = time.time(), state.global_step
