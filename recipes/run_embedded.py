@@ -50,6 +50,7 @@ from modeling_sigma.evaluation.tables import (
 from modeling_sigma.evaluation.two_tower import expand_with_captions, two_tower_rankings
 from modeling_sigma.identifiers.encoders import encode_split, load_encoder
 from modeling_sigma.training.corpus_config import add_corpus_arguments, prepare_corpus_run
+from modeling_sigma.training.job_pool import default_jobs, make_pool, timed_call
 from modeling_sigma.training.pseudo_queries import stage_pseudo_queries
 from modeling_sigma.training.recipe_config import read_section
 from modeling_sigma.training.recipe_config import run_recipe as run_recipe_file
@@ -58,7 +59,7 @@ RECIPES = os.path.dirname(os.path.abspath(__file__))
 CONFIG = os.path.join(RECIPES, "configs", "tiny-shapes.yaml")
 SMOKE_OVERRIDES = ["--max_steps", "3", "--save_strategy", "no"]
 RERANK_WEIGHT = 1.0  # fused_score = beam log-probability + w * log(similarity head)
-PAPER_FAITHFUL = {"stage3-paper": ["--pseudo_queries", "none"]}  # stage-3 variant: no pseudo-queries
+PAPER_FAITHFUL = ["--pseudo_queries", "none"]  # the stage-3 flags of the paper-faithful row
 TWO_TOWER = "two-tower (tiny CLIP + faiss)"
 TWO_TOWER_PSEUDO = "two-tower + the same pseudo-queries"
 SIGMA = "SIGMA-tiny"
@@ -166,40 +167,61 @@ def run_stage(job: SigmaJob, name: str, flags: list[str], output_dir: str, reuse
         json.dump(record, stream, indent=2)
 
 
+def prepare_sigma(
+    job: SigmaJob,
+    root: str,
+    stage_flags: dict,
+    stage0_flags: list[str],
+    smoke: bool,
+    reuse: bool,
+    two_tower: bool,
+) -> dict | None:
+    """Stages 0–2 into `root` (first the two-tower row when `two_tower`: it trains the tiny CLIP stage 0 reads);
+    returns the two-tower row or None."""
+    row = run_two_tower(job) if two_tower else None
+    stage0 = os.path.join(root, "stage0")
+    run_stage(job, "stage0", ["--output_dir", stage0, *stage0_flags], stage0, reuse)
+    for number in (1, 2):
+        output = os.path.join(root, f"stage{number}")
+        flags = ["--stage0_dir", stage0, "--output_dir", output, "--disable_tqdm", "true"]
+        flags += ["--model_name_or_path", os.path.join(root, "stage1")] if number == 2 else []
+        flags += SMOKE_OVERRIDES if smoke else []
+        run_stage(job, f"stage{number}", [*flags, *stage_flags.get(f"stage{number}", [])], output, reuse)
+    return row
+
+
+def train_stage3(
+    job: SigmaJob, root: str, folder: str, flags: list[str], smoke: bool, reuse: bool, rerank: bool
+) -> dict:
+    """Stage 3 from `root`/stage2 into `root`/`folder` with the extra `flags`, then its evaluation report."""
+    output = os.path.join(root, folder)
+    stage_flags = [
+        "--stage0_dir",
+        os.path.join(root, "stage0"),
+        "--output_dir",
+        output,
+        "--disable_tqdm",
+        "true",
+    ]
+    stage_flags += ["--model_name_or_path", os.path.join(root, "stage2"), *(SMOKE_OVERRIDES if smoke else [])]
+    run_stage(job, "stage3", [*stage_flags, *flags], output, reuse)
+    name = "evaluation" if folder == "stage3" else f"evaluation-{folder}"
+    return evaluate_stage3(job, output, root, name, smoke, rerank)
+
+
 def run_sigma(
     job: SigmaJob,
     root: str,
     stage_flags: dict,
     stage0_flags: list[str],
     smoke: bool,
-    reuse: bool = False,
-    rerank: bool = False,
-    variants: dict[str, list[str]] | None = None,
+    reuse: bool,
+    rerank: bool,
 ) -> dict:
-    """Stage 0 → 3 and evaluation into `root`; returns the evaluation report (with `rerank`, plus the
-    similarity-head re-ranked figures under `"reranked"`).
-
-    `variants` (folder name → stage-3 flags) trains further stage-3 models from the same stage-2 checkpoint
-    (e.g. the paper-faithful one without pseudo-queries); their reports come back under `"variants"`.
-    """
-    dirs = {f"stage{n}": os.path.join(root, f"stage{n}") for n in range(4)}
-    common = SMOKE_OVERRIDES if smoke else []
-    run_stage(job, "stage0", ["--output_dir", dirs["stage0"], *stage0_flags], dirs["stage0"], reuse)
-    previous = None
-    for stage in ("stage1", "stage2", "stage3"):
-        flags = ["--stage0_dir", dirs["stage0"], "--output_dir", dirs[stage], "--disable_tqdm", "true"]
-        flags += ["--model_name_or_path", previous] if previous else []
-        run_stage(job, stage, [*flags, *common, *stage_flags.get(stage, [])], dirs[stage], reuse)
-        previous = dirs[stage] if stage != "stage3" else previous
-    report = evaluate_stage3(job, dirs["stage3"], root, "evaluation", smoke, rerank)
-    report["variants"] = {}
-    for name, extra in (variants or {}).items():
-        output = os.path.join(root, name)
-        flags = ["--stage0_dir", dirs["stage0"], "--output_dir", output, "--disable_tqdm", "true"]
-        flags += ["--model_name_or_path", previous, *common, *stage_flags.get("stage3", []), *extra]
-        run_stage(job, "stage3", flags, output, reuse)
-        report["variants"][name] = evaluate_stage3(job, output, root, f"evaluation-{name}", smoke, rerank)
-    return report
+    """Stage 0 → 3 and evaluation into `root`, one after the other (an ablation); returns the evaluation report
+    (with `rerank`, plus the similarity-head re-ranked figures under `"reranked"`)."""
+    prepare_sigma(job, root, stage_flags, stage0_flags, smoke, reuse, two_tower=False)
+    return train_stage3(job, root, "stage3", stage_flags.get("stage3", []), smoke, reuse, rerank)
 
 
 def evaluate_stage3(job: SigmaJob, checkpoint: str, root: str, name: str, smoke: bool, rerank: bool) -> dict:
@@ -286,39 +308,68 @@ def merge_flags(*flag_sets: dict) -> dict:
     return merged
 
 
-def run_systems(args, job: SigmaJob, timings: dict) -> dict[str, dict]:
-    """Every row of the Recall@K table, seed by seed; names end in ` (seed s)` when several seeds run."""
-    rows = {TWO_TOWER: run_two_tower(job)}
-    timings["two-tower"] = round(time.time() - args.start, 1)
-    for seed in range(args.seeds):
-        tag = f" (seed {seed})" if args.seeds > 1 else ""
-        root = args.output_dir if seed == 0 else os.path.join(args.output_dir, f"seed-{seed}")
-        stage_flags, stage0_flags = seed_flags(seed)
-        lap = time.time()
-        report = run_sigma(
-            job, root, stage_flags, stage0_flags, args.smoke, args.reuse, args.rerank, PAPER_FAITHFUL
-        )
-        rows[SIGMA + tag] = report
-        rows[PAPER + tag] = report.pop("variants")["stage3-paper"]
-        rows[TWO_TOWER_PSEUDO + tag] = run_two_tower(job, stage3_pseudo_queries(job, seed))
-        timings[SIGMA + tag] = round(time.time() - lap, 1)
-        if seed == 0 and "unseen" in job.load_corpus():  # a user's corpus may have no unseen split
-            for mode, checkpoint, name in OPEN_SET_RUNS:
-                lap = time.time()
-                rows[name] = run_open_set(
-                    job,
-                    root,
-                    mode,
-                    args.smoke,
-                    args.rerank,
-                    joint=mode == "generate",
-                    checkpoint=checkpoint,
+def run_seed(args, job: SigmaJob, seed: int, pool, timings: dict) -> dict[str, dict]:
+    """The rows of one seed, as a graph of steps on `pool`: stages 0–2 beside the pseudo-query captioner, then
+    the two stage-3 models (with and without pseudo-queries) side by side, then the open-set rows."""
+    tag = f" (seed {seed})" if args.seeds > 1 else ""
+    root = args.output_dir if seed == 0 else os.path.join(args.output_dir, f"seed-{seed}")
+    stage_flags, stage0_flags = seed_flags(seed)
+    common = (job, root, stage_flags, stage0_flags, args.smoke, args.reuse)
+    lap = time.time()
+    prepared = pool.submit(timed_call, prepare_sigma, *common, two_tower=seed == 0)
+    queries = pool.submit(timed_call, stage3_pseudo_queries, job, seed)
+    rows = {}
+    row, timings[f"stages 0–2{tag}"] = prepared.result()
+    if row is not None:
+        rows[TWO_TOWER] = row
+    stage3 = partial(train_stage3, job, root, smoke=args.smoke, reuse=args.reuse, rerank=args.rerank)
+    paper = pool.submit(timed_call, stage3, "stage3-paper", [*stage_flags.get("stage3", []), *PAPER_FAITHFUL])
+    pseudo_queries, timings[f"pseudo-queries{tag}"] = queries.result()
+    sigma = pool.submit(timed_call, stage3, "stage3", stage_flags.get("stage3", []))
+    rows[TWO_TOWER_PSEUDO + tag] = run_two_tower(job, pseudo_queries)
+    open_set, with_open_set = {}, seed == 0 and "unseen" in job.load_corpus()  # a user's corpus may have none
+
+    def add_open_set(model_folder: str) -> None:  # its rows start as soon as their stage-3 model is trained
+        for mode, checkpoint, name in OPEN_SET_RUNS if with_open_set else ():
+            if checkpoint == model_folder:
+                joint = mode == "generate"
+                open_set[name] = pool.submit(
+                    timed_call, run_open_set, job, root, mode, args.smoke, args.rerank, joint, checkpoint
                 )
-                timings[name] = round(time.time() - lap, 1)
-        if args.ablations:
+
+    rows[PAPER + tag], timings[PAPER + tag] = paper.result()
+    add_open_set("stage3-paper")
+    rows[SIGMA + tag], timings[SIGMA + tag] = sigma.result()
+    add_open_set("stage3")
+    for name, future in open_set.items():
+        rows[name], timings[name] = future.result()
+    timings[f"{SIGMA}{tag}, all systems"] = round(time.time() - lap, 1)
+    order = [
+        TWO_TOWER,
+        SIGMA + tag,
+        PAPER + tag,
+        TWO_TOWER_PSEUDO + tag,
+        *(name for _, _, name in OPEN_SET_RUNS),
+    ]
+    return {name: rows[name] for name in order if name in rows}
+
+
+def run_systems(args, job: SigmaJob, timings: dict) -> dict[str, dict]:
+    """Every row of the Recall@K table, seed by seed; names end in ` (seed s)` when several seeds run. With
+    `--jobs 2` independent steps run in two processes (`training/job_pool.py`)."""
+    rows = {}
+    with make_pool(args.jobs, import_paths=[RECIPES]) as pool:
+        for seed in range(args.seeds):
+            rows.update(run_seed(args, job, seed, pool, timings))
+        ablations = {}
+        for seed in range(args.seeds) if args.ablations else ():
+            tag = f" (seed {seed})" if args.seeds > 1 else ""
+            root = args.output_dir if seed == 0 else os.path.join(args.output_dir, f"seed-{seed}")
+            stage_flags, stage0_flags = seed_flags(seed)
             for number, (name, (flags, stage0)) in enumerate(ABLATIONS.items()):
-                lap = time.time()
-                rows[name + tag] = run_sigma(
+                ablations[name + tag] = pool.submit(
+                    timed_call,
+                    run_sigma,
                     job,
                     os.path.join(root, f"ablation-{number}"),
                     merge_flags(stage_flags, flags),
@@ -327,8 +378,8 @@ def run_systems(args, job: SigmaJob, timings: dict) -> dict[str, dict]:
                     args.reuse,
                     args.rerank,
                 )
-                rows[name + tag].pop("variants")
-                timings[name + tag] = round(time.time() - lap, 1)
+        for name, future in ablations.items():
+            rows[name], timings[name] = future.result()
     return rows
 
 
@@ -363,10 +414,18 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--reuse", action="store_true", help="skip stages whose folder a run with the same flags finished"
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=default_jobs(),
+        help="steps run side by side, one process each (default: 2 where there are 2 cores; 1: all in this process)",
+    )
     add_corpus_arguments(parser)
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
     return args
 
 

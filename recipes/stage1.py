@@ -20,10 +20,10 @@ make_parser = stage.make_stage_parser
 
 
 def embedded_options(script_args: stage.SigmaStageArguments) -> dict:
-    """Image size of the embedded backbone (a real Qwen2.5-VL keeps its own processor settings)."""
+    """Image and patch size of the embedded backbone (a real Qwen2.5-VL keeps its own processor settings)."""
     if (script_args.model_name_or_path or "embedded") != "embedded":
         return {}
-    return {"image_size": script_args.embedded_image_size}
+    return {"image_size": script_args.embedded_image_size, "patch_size": script_args.embedded_patch_size}
 
 
 def main(script_args: stage.SigmaStageArguments, training_args) -> dict:

@@ -70,6 +70,13 @@ class SigmaStageArguments:
             "pixels (64: 4 visual tokens, 128: 16); real backbones keep their own processor"
         },
     )
+    embedded_patch_size: int = field(
+        default=14,
+        metadata={
+            "help": "stages 1 and 3 (the embedded captioner), embedded backbone: side of a vision patch in pixels "
+            "(14: Qwen2.5-VL's, a 64-pixel image is 4 visual tokens; 8: 16 tokens, no resize)"
+        },
+    )
     image_root: str | None = field(
         default=None, metadata={"help": "COCO Karpathy: local folder of COCO images"}
     )

@@ -37,6 +37,7 @@ QWEN_SPECIAL_TOKENS = [
     "<|video_pad|>",
 ]
 EMBEDDED_IMAGE_SIZE = 64
+EMBEDDED_PATCH_SIZE = 14
 
 
 def build_tokenizer(captions: list[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
@@ -81,10 +82,16 @@ def add_identifier_tokens(tokenizer, layout: SigmaIdentifierLayout) -> list[int]
     return [ids[0] + offset for offset in layout.offsets]
 
 
-def build_image_processor(image_size: int = EMBEDDED_IMAGE_SIZE) -> Qwen2VLImageProcessorPil:
-    """PIL image processor: any image is resized (aspect kept) to at most `image_size`² pixels, at least 56×56; a
-    64×64 image becomes 56×56 → 16 patches → 4 image tokens after the 2×2 merge, 128×128 gives 16 tokens."""
-    return Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=image_size * image_size)
+def build_image_processor(
+    image_size: int = EMBEDDED_IMAGE_SIZE, patch_size: int = EMBEDDED_PATCH_SIZE
+) -> Qwen2VLImageProcessorPil:
+    """PIL image processor: any image is resized (aspect kept) to at most `image_size`² pixels, in multiples of
+    `2 * patch_size` (at least 4 patches a side). With 14-pixel patches (Qwen2.5-VL's) a 64×64 image becomes 56×56
+    → 16 patches → 4 image tokens after the 2×2 merge; with 8-pixel patches it stays 64×64 → 64 patches → 16."""
+    side = 4 * patch_size
+    return Qwen2VLImageProcessorPil(
+        patch_size=patch_size, min_pixels=side * side, max_pixels=max(image_size, side) ** 2
+    )
 
 
 def tiny_backbone_config(
@@ -94,6 +101,7 @@ def tiny_backbone_config(
     num_heads: int = 4,
     vision_hidden_size: int = 64,
     vision_depth: int = 2,
+    patch_size: int = EMBEDDED_PATCH_SIZE,
 ) -> Qwen2_5_VLConfig:
     """A tiny Qwen2.5-VL config whose special token ids come from `tokenizer`."""
     head_dim = hidden_size // num_heads
@@ -128,6 +136,7 @@ def tiny_backbone_config(
         "num_heads": max(1, vision_hidden_size // 32),
         "out_hidden_size": hidden_size,
         "fullatt_block_indexes": [vision_depth - 1],
+        "patch_size": patch_size,
     }
     return Qwen2_5_VLConfig(
         text_config=text_config, vision_config=vision_config, tie_word_embeddings=False, **token_ids
@@ -140,7 +149,10 @@ def build_embedded_backbone(
     """Tokenizer (with identifier tokens), tiny backbone config, processor and identifier offsets."""
     tokenizer = build_tokenizer(captions)
     offsets = add_identifier_tokens(tokenizer, layout)
-    processor = SigmaProcessor(image_processor=build_image_processor(image_size), tokenizer=tokenizer)
+    patch_size = config_kwargs.get("patch_size", EMBEDDED_PATCH_SIZE)
+    processor = SigmaProcessor(
+        image_processor=build_image_processor(image_size, patch_size), tokenizer=tokenizer
+    )
     backbone_config = tiny_backbone_config(tokenizer, **config_kwargs)
     return Qwen2_5_VLForConditionalGeneration(backbone_config), processor, offsets
 

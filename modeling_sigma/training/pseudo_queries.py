@@ -42,6 +42,8 @@ class SigmaCaptionerConfig:
         per_image (`int`): captions sampled per indexed image (duplicates are dropped).
         temperature (`float`): sampling temperature; 1.0 keeps the mix of caption styles the captioner learnt.
         max_new_tokens (`int`): longest pseudo-query. seed (`int`): training and sampling seed.
+        image_size (`int`), patch_size (`int`): the embedded captioner's image side and vision patch side
+            (64 and 14: 4 visual tokens; 64 and 8: 16), as `embedded_image_size` / `embedded_patch_size`.
     """
 
     epochs: float = 6.0
@@ -51,6 +53,8 @@ class SigmaCaptionerConfig:
     temperature: float = 1.0
     max_new_tokens: int = 40
     seed: int = 0
+    image_size: int = 64
+    patch_size: int = 14
 
     def key(self, *parts: str) -> str:
         """A short hash of these settings and `parts` (e.g. dataset fingerprints): the cache key."""
@@ -82,7 +86,12 @@ def train_embedded_captioner(
         logger.info("reusing the embedded captioner in %s", folder)
         return folder
     captions = [caption for image_captions in train["captions"] for caption in image_captions]
-    model, processor = build_sigma_model("embedded", captions=captions)
+    model, processor = build_sigma_model(
+        "embedded",
+        captions=captions,
+        image_size=config.image_size,
+        patch_size=config.patch_size,
+    )
     with atomic_folder(folder) as staging:
         arguments = SFTConfig(
             output_dir=str(staging),
@@ -239,7 +248,11 @@ def stage_pseudo_queries(script_args, corpus, seed: int) -> list[datasets.Datase
     train = get_split(corpus, "train")
     splits = [get_split(corpus, name) for name in names]
     config = SigmaCaptionerConfig(
-        epochs=script_args.captioner_epochs, per_image=script_args.pseudo_queries_per_image, seed=seed
+        epochs=script_args.captioner_epochs,
+        per_image=script_args.pseudo_queries_per_image,
+        seed=seed,
+        image_size=script_args.embedded_image_size,
+        patch_size=script_args.embedded_patch_size,
     )
     queries = get_pseudo_queries(script_args.pseudo_queries, train, splits, script_args.cache_dir, config)
     return [pseudo_query_split(split, queries) for split in splits]

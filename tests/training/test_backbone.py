@@ -136,3 +136,20 @@ def test_bf16_backbone_and_head_forward_without_autocast(qwen_folder, tmp_path):
     reloaded = SigmaForRetrieval.from_pretrained(tmp_path / "sigma", dtype=torch.bfloat16)
     assert reloaded.similarity_head.dense_out.weight.dtype == torch.bfloat16
     assert reloaded(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"]).similarity is not None
+
+
+@pytest.mark.parametrize("patch_size, tokens", [(14, 4), (8, 16)])
+def test_embedded_patch_size_sets_the_visual_tokens_and_survives_save(tmp_path, patch_size, tokens):
+    """14-pixel patches see a 64-pixel image resized to 56 (4 tokens after the 2×2 merge); 8-pixel patches keep
+    64 pixels (16 tokens). The vision tower and the processor agree, and a saved model keeps both."""
+    model, processor = build_sigma_model("embedded", captions=["a red circle"], patch_size=patch_size)
+    inputs = processor.process_images([Image.new("RGB", (64, 64), "red")], prompt="describe")
+    assert int(inputs["image_grid_thw"].prod()) // 4 == tokens
+    assert int((inputs["input_ids"] == model.config.backbone_config.image_token_id).sum()) == tokens
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded = SigmaForRetrieval.from_pretrained(tmp_path)
+    assert loaded.config.backbone_config.vision_config.patch_size == patch_size
+    with torch.no_grad():
+        generated = loaded.generate(**inputs, use_trie=False, max_new_tokens=2, do_sample=False)
+    assert generated.shape[1] == inputs["input_ids"].shape[1] + 2
