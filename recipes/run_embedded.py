@@ -58,6 +58,7 @@ from modeling_sigma.training.recipe_config import run_recipe as run_recipe_file
 RECIPES = os.path.dirname(os.path.abspath(__file__))
 CONFIG = os.path.join(RECIPES, "configs", "tiny-shapes.yaml")
 SMOKE_OVERRIDES = ["--max_steps", "3", "--save_strategy", "no"]
+SMOKE_CAPTIONER_EPOCHS = 0.02  # --smoke: the pseudo-query captioner trains a few steps too
 RERANK_WEIGHT = 1.0  # fused_score = beam log-probability + w * log(similarity head)
 PAPER_FAITHFUL = ["--pseudo_queries", "none"]  # the stage-3 flags of the paper-faithful row
 TWO_TOWER = "two-tower (tiny CLIP + faiss)"
@@ -129,7 +130,7 @@ def run_two_tower(job: SigmaJob, pseudo_queries: dict[str, list[str]] | None = N
     }
 
 
-def stage3_pseudo_queries(job: SigmaJob, seed: int = 0) -> dict[str, list[str]]:
+def stage3_pseudo_queries(job: SigmaJob, seed: int = 0, smoke: bool = False) -> dict[str, list[str]]:
     """The pseudo-queries stage 3 trained on, through stage 3's own `stage_pseudo_queries` (so the same cache
     key): read from their cache, computed there if missing; empty when the config switches them off."""
     from dataclasses import fields
@@ -140,6 +141,8 @@ def stage3_pseudo_queries(job: SigmaJob, seed: int = 0) -> dict[str, list[str]]:
     names = {field.name for field in fields(SigmaStageArguments)}
     script_args = SigmaStageArguments(**{key: value for key, value in section.items() if key in names})
     script_args.cache_dir = job.cache_dir
+    if smoke:
+        script_args.captioner_epochs = SMOKE_CAPTIONER_EPOCHS
     splits = stage_pseudo_queries(script_args, job.load_corpus(), seed)
     return {
         image_id: captions
@@ -203,7 +206,8 @@ def train_stage3(
         "--disable_tqdm",
         "true",
     ]
-    stage_flags += ["--model_name_or_path", os.path.join(root, "stage2"), *(SMOKE_OVERRIDES if smoke else [])]
+    stage_flags += ["--model_name_or_path", os.path.join(root, "stage2")]
+    stage_flags += [*SMOKE_OVERRIDES, "--captioner_epochs", str(SMOKE_CAPTIONER_EPOCHS)] if smoke else []
     run_stage(job, "stage3", [*stage_flags, *flags], output, reuse)
     name = "evaluation" if folder == "stage3" else f"evaluation-{folder}"
     return evaluate_stage3(job, output, root, name, smoke, rerank)
@@ -317,7 +321,7 @@ def run_seed(args, job: SigmaJob, seed: int, pool, timings: dict) -> dict[str, d
     common = (job, root, stage_flags, stage0_flags, args.smoke, args.reuse)
     lap = time.time()
     prepared = pool.submit(timed_call, prepare_sigma, *common, two_tower=seed == 0)
-    queries = pool.submit(timed_call, stage3_pseudo_queries, job, seed)
+    queries = pool.submit(timed_call, stage3_pseudo_queries, job, seed, args.smoke)
     rows = {}
     row, timings[f"stages 0–2{tag}"] = prepared.result()
     if row is not None:

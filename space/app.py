@@ -41,10 +41,16 @@ INTRO = """# SIGMA — generative text-to-image retrieval
 The model reads a description and *writes* the identifier of the matching image, token by token, under a trie
 of the indexed identifiers (Huang et al., Findings of ACL 2026). **Search** finds images, **Decode** asks the
 model what an identifier means, **Add** indexes a new image without retraining."""
-EXAMPLE_QUERY = "a small red circle at the left on a gray background"
+# TinyShapes test captions (never trained on) whose top hit is their image in the `make e2e` model, and whose
+# other hits share colours, shapes and background (space/screenshot.py shows the first one in docs/space.png)
+EXAMPLE_QUERY = (
+    "a large orange square at the center and a small black circle at the right and a large black diamond at the "
+    "bottom on a sky background"
+)
 EXAMPLE_QUERIES = [
     EXAMPLE_QUERY,
-    "a large blue star on a sand background",
+    "a small green star at the right and a large purple cross at the top on a gray background",
+    "a large purple diamond on a gray background",
 ]  # TinyShapes; SIGMA_EXAMPLES: yours
 
 

@@ -1,0 +1,108 @@
+"""Two diagnostics of what limits SIGMA-tiny (issue 16), on the embedded TinyShapes corpus.
+
+    python benchmarks/diagnose_stages.py memorisation outputs/tiny-shapes/stage1
+    python benchmarks/diagnose_stages.py captioner --patch-size 8 --epochs 6 --temperatures 1.0 0.5
+
+`memorisation`: a stage-1 (or later) checkpoint writes levels 1..L-1 for 500 train and 500 test images
+(greedy, as open-set indexing does); prints the share equal to their stage-0 prefix, whole and per level.
+
+`captioner`: trains the embedded pseudo-query captioner on `train` (cached like stage 3's) and samples its
+pseudo-queries for the `test` images; prints, per caption type, the share of test images for which one of them
+is exactly the true caption of that type. The test captions are read here only to score, never to train.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import time
+
+import torch
+
+from modeling_sigma.data.corpus import load_corpus, load_image
+from modeling_sigma.evaluation.statistics import TINY_SHAPES_CAPTION_TYPES
+from modeling_sigma.modeling.modeling_sigma import SigmaForRetrieval
+
+
+def memorisation(checkpoint: str, cache_dir: str, count: int = 500) -> dict:
+    from modeling_sigma.open_set.index import generate_prefixes
+
+    model = SigmaForRetrieval.from_pretrained(checkpoint).eval()
+    corpus = load_corpus("tiny-shapes", cache_dir=cache_dir)
+    rows = {image_id: row for row, image_id in enumerate(model.index.image_ids)}
+    report = {}
+    for split in ("train", "test"):
+        dataset = corpus[split].select(range(min(count, len(corpus[split]))))
+        with torch.no_grad():
+            written = generate_prefixes(model, [load_image(image) for image in dataset["image"]])
+        equal = written == model.index.codes[[rows[i] for i in dataset["image_id"]], :-1]
+        report[split] = {
+            "levels_1_to_4_exact_%": round(100 * equal.all(1).float().mean().item(), 1),
+            "per_level_%": [round(100 * value, 1) for value in equal.float().mean(0).tolist()],
+        }
+    return report
+
+
+def captioner(args, cache_dir: str) -> list[dict]:
+    from modeling_sigma.training.pseudo_queries import (
+        SigmaCaptionerConfig,
+        caption_images,
+        train_embedded_captioner,
+    )
+
+    corpus = load_corpus("tiny-shapes", cache_dir=cache_dir)
+    config = SigmaCaptionerConfig(
+        epochs=args.epochs, per_image=args.per_image, image_size=args.image_size, patch_size=args.patch_size
+    )
+    start = time.time()
+    model = SigmaForRetrieval.from_pretrained(train_embedded_captioner(corpus["train"], cache_dir, config))
+    trained = round(time.time() - start, 1)
+    test, reports = corpus["test"], []
+    for temperature in args.temperatures:
+        config.temperature = temperature
+        images = test.select_columns(["image"])
+        written = caption_images(
+            model.eval(), model.processor, images, model.config.captioning_prompt, config
+        )
+        hits = collections.Counter()
+        for truths, queries in zip(test["captions"], written):
+            for kind, truth in zip(TINY_SHAPES_CAPTION_TYPES, truths):
+                hits[kind] += truth in queries
+            hits["full or paraphrase"] += truths[0] in queries or truths[-1] in queries
+        reports.append(
+            {
+                "temperature": temperature,
+                "captioner_seconds": trained,
+                "pseudo_queries_per_image": round(sum(map(len, written)) / len(written), 2),
+                "exact_%": {kind: round(100 * n / len(test), 1) for kind, n in hits.items()},
+            }
+        )
+    return reports
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--cache-dir", default="outputs/cache")
+    commands = parser.add_subparsers(dest="command", required=True)
+    memorise = commands.add_parser("memorisation", help="stage-1 memorisation of a checkpoint")
+    memorise.add_argument("checkpoint")
+    caption = commands.add_parser("captioner", help="exactness of the embedded captioner's pseudo-queries")
+    caption.add_argument("--image-size", type=int, default=64)
+    caption.add_argument("--patch-size", type=int, default=8)
+    caption.add_argument("--epochs", type=float, default=6)
+    caption.add_argument("--per-image", type=int, default=5)
+    caption.add_argument("--temperatures", type=float, nargs="+", default=[1.0])
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.command == "memorisation":
+        print(json.dumps({"checkpoint": args.checkpoint, **memorisation(args.checkpoint, args.cache_dir)}))
+    else:
+        for report in captioner(args, args.cache_dir):
+            print(json.dumps({"patch_size": args.patch_size, "image_size": args.image_size, **report}))
+
+
+if __name__ == "__main__":
+    main()
