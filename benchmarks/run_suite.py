@@ -40,6 +40,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from functools import partial
 
@@ -86,10 +87,14 @@ def run_quality(reuse: bool) -> dict:
 
 
 def _load_recipe(name: str):
-    """Import `recipes/{name}.py` by its path (recipes are scripts, not an installed package)."""
+    """Import `recipes/{name}.py` by its path (recipes are scripts, not an installed package). It is registered
+    under `name`, so `run_embedded.py --jobs 2` can send its functions to worker processes by reference."""
+    if name in sys.modules:
+        return sys.modules[name]
     path = os.path.join(ROOT, "recipes", f"{name}.py")
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 

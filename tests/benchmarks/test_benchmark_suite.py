@@ -160,3 +160,14 @@ def test_efficiency_tables_carry_the_engine_rows(tmp_path, monkeypatch):
         and "| 1,000,000 | 20.0 | 400.0 | 10.0 | 200.0 |" in markdown
     )
     assert "crossover, faiss hnsw (search only) vs SIGMA-tiny engine, batch 1: none" in markdown
+
+
+def test_the_suite_registers_run_embedded_so_its_steps_can_go_to_worker_processes():
+    """`run_embedded.py --jobs 2` sends its functions to spawned workers by reference: pickling one needs the
+    module importable under its name, which an unregistered `spec_from_file_location` import is not."""
+    import pickle
+    import sys
+
+    module = run_suite._load_recipe("run_embedded")
+    assert sys.modules["run_embedded"] is module and run_suite._load_recipe("run_embedded") is module
+    assert pickle.loads(pickle.dumps(module.prepare_sigma)) is module.prepare_sigma
