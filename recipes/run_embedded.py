@@ -437,12 +437,15 @@ def make_job(args) -> SigmaJob:
     """TinyShapes with `recipes/configs/tiny-shapes.yaml`, or the user's corpus prepared (validated, split,
     cached) with a config scaled to it, written beside its checkpoints."""
     cache_dir = read_section(CONFIG, "stage0").get("cache_dir", "outputs/cache")
+    suffix = "-smoke" if args.smoke else ""  # a smoke run never replaces a real run's checkpoints or table
     if args.corpus in (None, EMBEDDED_CORPUS_NAME):
-        args.output_dir = args.output_dir or "outputs/tiny-shapes"
-        args.results = args.results or "results/embedded.json"
+        args.output_dir = args.output_dir or f"outputs/tiny-shapes{suffix}"
+        args.results = args.results or f"results/embedded{suffix}.json"
         return SigmaJob(CONFIG, EMBEDDED_CORPUS_NAME, cache_dir)
     run = prepare_corpus_run(args, CONFIG, cache_dir)
-    args.output_dir, args.results = run["output_dir"], args.results or run["results"]
+    stem, extension = os.path.splitext(run["results"])
+    args.output_dir = args.output_dir or f"{run['output_dir']}{suffix}"
+    args.results = args.results or f"{stem}{suffix}{extension}"
     return SigmaJob(run["config"], run["corpus"], cache_dir, args.encoder)
 
 

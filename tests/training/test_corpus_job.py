@@ -70,5 +70,7 @@ def test_the_whole_job_runs_on_a_landscapes_corpus(job_module, landscapes, tmp_p
     rows = report["results"]
     assert rows[job_module.TWO_TOWER]["images"] == 8 and rows[job_module.SIGMA]["images"] == 8
     assert any("unseen images added" in name for name in rows)
-    assert os.path.isdir(tmp_path / "outputs" / "source" / "stage3" / "sigma_index")
+    # a smoke run keeps its 3-step checkpoints apart from a real run's (outputs/source/stage3 is the Space's)
+    assert os.path.isdir(tmp_path / "outputs" / "source-smoke" / "stage3" / "sigma_index")
+    assert not os.path.exists(tmp_path / "outputs" / "source" / "stage3")
     assert os.path.isfile(tmp_path / "outputs" / "source" / "config.yaml")
