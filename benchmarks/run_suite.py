@@ -74,7 +74,14 @@ QUERIES = [
 def run_quality(reuse: bool) -> dict:
     """Trains and evaluates every system of the quality table (recipes/run_embedded.py)."""
     run_embedded = _load_recipe("run_embedded")
-    argv = ["--ablations", "--rerank", "--seeds", "2", "--results", os.path.join(RESULTS, "embedded.json")]
+    argv = [
+        "--ablations",
+        "--rerank",
+        "--seeds",
+        "2",
+        "--results",
+        os.path.join(RESULTS, "embedded-bench.json"),
+    ]
     report = run_embedded.main(argv + (["--reuse"] if reuse else []))
     rows = table_rows(report["results"])
     return {

@@ -46,6 +46,7 @@ from modeling_sigma.evaluation.tables import (
     format_comparisons,
     format_table,
     open_set_summary,
+    pooled_comparison_rows,
 )
 from modeling_sigma.evaluation.two_tower import expand_with_captions, two_tower_rankings
 from modeling_sigma.identifiers.encoders import encode_split, load_encoder
@@ -455,6 +456,9 @@ def print_report(args, job: SigmaJob, rows: dict) -> tuple[list, list]:
     test = corpus["test"]
     _, owners = caption_pairs(test)
     differences = comparison_rows(rows, comparisons(args.seeds, args.ablations), owners)
+    if args.seeds > 1:  # every claim once more with the seeds pooled: the mean difference over seeds
+        tags = [f" (seed {seed})" for seed in range(args.seeds)]
+        differences += pooled_comparison_rows(rows, comparisons(1, args.ablations), owners, tags)
     by_type, types_table = [], ""
     if job.embedded:
         types = caption_types_by_position([len(c) for c in test["captions"]], TINY_SHAPES_CAPTION_TYPES)

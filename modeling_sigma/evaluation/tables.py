@@ -83,6 +83,33 @@ def comparison_rows(
     return rows
 
 
+def pooled_comparison_rows(
+    results: dict[str, dict], comparisons: list[tuple[str, str]], groups: list, tags: list[str], seed: int = 0
+) -> list[dict]:
+    """`comparison_rows` of systems trained once per seed, the seeds pooled: system `name` is the queries of
+    every `name + tag` one after another (a name no tag was appended to, a baseline trained once, is repeated),
+    and an image's queries of all seeds are resampled together. The difference is the mean over seeds; the
+    interval covers the choice of queries, not the spread between seeds. Pairs some seed lacks are skipped."""
+    label = f" (seeds pooled: {len(tags)})"
+    runs = {}
+    for a, b in comparisons:
+        for system in (a, b):
+            runs[system] = [results.get(system + tag) or results.get(system) for tag in tags]
+    runs = {name: seeds for name, seeds in runs.items() if all(run and "ranks" in run for run in seeds)}
+    if not runs:
+        return []
+    count = min(len(groups), *(len(run["ranks"]) for seeds in runs.values() for run in seeds))
+    names = {
+        name: name + label if name + tags[0] in results else name for name in runs
+    }  # baselines keep theirs
+    pooled = {
+        names[name]: {"ranks": [r for run in seeds for r in run["ranks"][:count]]}
+        for name, seeds in runs.items()
+    }
+    pairs = [(names[a], names[b]) for a, b in comparisons if a in runs and b in runs]
+    return comparison_rows(pooled, pairs, list(groups[:count]) * len(tags), seed=seed)
+
+
 def format_comparisons(rows: list[dict]) -> str:
     lines = [
         "| difference (paired bootstrap over images, 95 % interval) | ΔR@1 | ΔR@5 | ΔR@10 |",
@@ -128,5 +155,6 @@ __all__ = [
     "format_comparisons",
     "format_table",
     "open_set_summary",
+    "pooled_comparison_rows",
     "table_rows",
 ]

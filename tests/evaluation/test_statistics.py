@@ -73,3 +73,28 @@ def test_recall_by_caption_type():
     assert table["coarse"]["recall@1"] == 0.0 and table["coarse"]["recall@5"] == 1.0
     with pytest.raises(ValueError, match="caption types"):
         caption_types_by_position([4], ["full"])
+
+
+def test_pooled_comparison_averages_the_seeds_and_resamples_an_image_across_them():
+    from modeling_sigma.evaluation.tables import comparison_rows, pooled_comparison_rows
+
+    groups = ["a", "a", "b", "b", "c", "c"]
+    results = {
+        "base": {"ranks": [2, 2, 2, 2, 2, 2]},  # trained once: repeated for every seed
+        "sys (seed 0)": {"ranks": [1, 1, 1, 1, 2, 2]},
+        "sys (seed 1)": {"ranks": [1, 1, 2, 2, 2, 2]},
+        "other (seed 0)": {"ranks": [1, 1, 1, 1, 1, 1]},  # no seed 1: its pair is skipped
+    }
+    tags = [" (seed 0)", " (seed 1)"]
+    rows = pooled_comparison_rows(results, [("sys", "base"), ("other", "base")], groups, tags)
+    assert [(row["a"], row["b"]) for row in rows] == [("sys (seeds pooled: 2)", "base")]
+    per_seed = comparison_rows(results, [("sys (seed 0)", "base"), ("sys (seed 1)", "base")], groups)
+    mean = (per_seed[0]["R@1"]["difference"] + per_seed[1]["R@1"]["difference"]) / 2
+    assert rows[0]["R@1"]["difference"] == pytest.approx(mean, abs=0.06)  # 50.0 = (66.7 + 33.3) / 2
+    assert rows[0]["R@1"]["low"] <= rows[0]["R@1"]["difference"] <= rows[0]["R@1"]["high"]
+    assert rows[0]["R@5"] == {"difference": 0.0, "low": 0.0, "high": 0.0}
+    # an image's queries of both seeds move together: a draw of image "c" alone (never a hit) gives 0, of "a" 100
+    assert rows[0]["R@1"]["low"] == 0.0 and rows[0]["R@1"]["high"] == 100.0
+    truncated = {name: {"ranks": run["ranks"][:4]} for name, run in results.items()}  # a smoke run
+    short = pooled_comparison_rows(truncated, [("sys", "base")], groups, tags)
+    assert short[0]["R@1"]["difference"] == pytest.approx(75.0)  # (4 + 2) hits of 8 queries
