@@ -1,7 +1,8 @@
-"""Two diagnostics of what limits SIGMA-tiny (issue 16), on the embedded TinyShapes corpus.
+"""Three diagnostics of what limits SIGMA-tiny (issue 16), on the embedded TinyShapes corpus.
 
     python benchmarks/diagnose_stages.py memorisation outputs/tiny-shapes/stage1
     python benchmarks/diagnose_stages.py captioner --patch-size 8 --epochs 6 --temperatures 1.0 0.5
+    python benchmarks/diagnose_stages.py prefixes outputs/tiny-shapes/stage3-paper outputs/tiny-shapes/stage3
 
 `memorisation`: a stage-1 (or later) checkpoint writes levels 1..L-1 for 500 train and 500 test images
 (greedy, as open-set indexing does); prints the share equal to their stage-0 prefix, whole and per level.
@@ -9,6 +10,13 @@
 `captioner`: trains the embedded pseudo-query captioner on `train` (cached like stage 3's) and samples its
 pseudo-queries for the `test` images; prints, per caption type, the share of test images for which one of them
 is exactly the true caption of that type. The test captions are read here only to score, never to train.
+
+`prefixes`: where retrieval misses, level by level. For every test caption, each stage-3 checkpoint and the
+two-tower baseline (the stage-0 encoder, tiny CLIP) retrieve 10 test images; prints, per caption type, the share
+of queries whose top-1 (and best of the top 10) shares the first j levels of the true image's identifier
+(j = 1 … L, the stage-0 codes of the first checkpoint's index; L: the whole identifier, i.e. Recall@1 / @10).
+A system that loses at level 1 misses the coarse cluster; one that loses only at the suffix found the right
+prefix and picked the wrong image inside it.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import time
 import torch
 
 from modeling_sigma.data.corpus import load_corpus, load_image
-from modeling_sigma.evaluation.statistics import TINY_SHAPES_CAPTION_TYPES
+from modeling_sigma.evaluation.statistics import TINY_SHAPES_CAPTION_TYPES, caption_types_by_position
 from modeling_sigma.modeling.modeling_sigma import SigmaForRetrieval
 
 
@@ -81,6 +89,47 @@ def captioner(args, cache_dir: str) -> list[dict]:
     return reports
 
 
+def prefixes(checkpoints: list[str], cache_dir: str, k: int = 10) -> dict:
+    import numpy as np
+
+    from modeling_sigma.evaluation.retrieval import retrieve_split
+    from modeling_sigma.evaluation.two_tower import two_tower_rankings
+    from modeling_sigma.identifiers.encoders import encode_split, load_encoder
+
+    test = load_corpus("tiny-shapes", cache_dir=cache_dir)["test"]
+    types = caption_types_by_position([len(c) for c in test["captions"]], TINY_SHAPES_CAPTION_TYPES)
+    rankings, index = {}, None
+    for checkpoint in checkpoints:
+        model = SigmaForRetrieval.from_pretrained(checkpoint).eval()
+        index = index or model.index
+        with torch.no_grad():
+            rankings[checkpoint], relevant = retrieve_split(model, test, k=k, progress=False)
+    encoder = load_encoder("tiny-clip", cache_dir=cache_dir, corpus="tiny-shapes")
+    images = encode_split(encoder, test, "tiny-shapes", "test", cache_dir, progress=False)
+    texts = encode_split(encoder, test, "tiny-shapes", "test", cache_dir, kind="captions", progress=False)
+    rankings["two-tower (tiny CLIP + faiss)"] = two_tower_rankings(images, test["image_id"], texts, k=k)
+    rows = {image_id: row for row, image_id in enumerate(index.image_ids)}
+    codes = np.asarray(index.codes)
+    gold = codes[[rows[image_id] for image_id in relevant]]  # (queries, L)
+    report = {}
+    for system, ranked in rankings.items():
+        shared = np.zeros((len(ranked), k), dtype=np.int64)  # levels each hit shares with the true identifier
+        for query, hits in enumerate(ranked):
+            for position, image_id in enumerate(hits[:k]):
+                equal = codes[rows[image_id]] == gold[query]
+                shared[query, position] = int(np.argmin(equal)) if not equal.all() else equal.size
+        table = {}
+        for caption_type in ("all", *TINY_SHAPES_CAPTION_TYPES):
+            chosen = np.asarray([caption_type in ("all", kind) for kind in types])
+            top1, best = shared[chosen, 0], shared[chosen].max(axis=1)
+            table[caption_type] = {
+                "top1": [round(100 * float((top1 >= j).mean()), 1) for j in range(1, gold.shape[1] + 1)],
+                f"top{k}": [round(100 * float((best >= j).mean()), 1) for j in range(1, gold.shape[1] + 1)],
+            }
+        report[system] = table
+    return report
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -95,10 +144,21 @@ def main(argv=None) -> None:
     caption.add_argument("--epochs", type=float, default=6)
     caption.add_argument("--per-image", type=int, default=5)
     caption.add_argument("--temperatures", type=float, nargs="+", default=[1.0])
+    levels = commands.add_parser("prefixes", help="how many identifier levels the retrieved images share")
+    levels.add_argument("checkpoints", nargs="+", help="stage-3 checkpoints of one stage 0")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.command == "memorisation":
         print(json.dumps({"checkpoint": args.checkpoint, **memorisation(args.checkpoint, args.cache_dir)}))
+    elif args.command == "prefixes":
+        report = prefixes(args.checkpoints, args.cache_dir)
+        for system, table in report.items():
+            print(
+                f"\n{system}: % of queries whose top-1 | best of top 10 shares levels 1..L of the true identifier"
+            )
+            for caption_type, row in table.items():
+                print(f"  {caption_type:>10}  {row['top1']}  |  {row['top10']}")
+        print(json.dumps({"checkpoints": args.checkpoints, "prefixes": report}))
     else:
         for report in captioner(args, args.cache_dir):
             print(json.dumps({"patch_size": args.patch_size, "image_size": args.image_size, **report}))

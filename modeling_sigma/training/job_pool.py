@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import sys
 import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 
@@ -45,8 +46,9 @@ class SigmaImmediateExecutor(Executor):
 def make_pool(jobs: int, import_paths: list[str] = ()) -> Executor:
     """`jobs` spawned worker processes (or the calling process when `jobs == 1`).
 
-    `import_paths` are prepended to the workers' `PYTHONPATH`, so functions of a script folder (e.g. `recipes/`)
-    can be sent to them by reference.
+    `import_paths` are prepended to the workers' `PYTHONPATH` and to this process's `sys.path` (a spawned worker
+    starts from its parent's `sys.path`), so functions of a script folder (e.g. `recipes/`, loaded by its path
+    from `benchmarks/run_suite.py`) can be sent to them by reference.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
@@ -56,6 +58,7 @@ def make_pool(jobs: int, import_paths: list[str] = ()) -> Executor:
     os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
     paths = [*import_paths, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    sys.path[:0] = [path for path in import_paths if path not in sys.path]
     return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
 
 

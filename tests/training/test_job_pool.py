@@ -45,3 +45,21 @@ def test_spawned_workers_import_a_script_folder_and_get_one_thread_each(tmp_path
     assert [v[0] for v in values] == [2, 4] and all(s >= 0 for s in seconds)
     assert {v[1] for v in values} == {"1"}  # 2 cores / 2 jobs
     assert all(v[2] != os.getpid() for v in values)
+
+
+def test_workers_reach_a_script_loaded_by_path_from_another_folder(tmp_path, monkeypatch):
+    # benchmarks/run_suite.py loads recipes/run_embedded.py by its path: the folder is on no sys.path of the
+    # parent, and spawned workers start from the parent's sys.path (not only PYTHONPATH)
+    import importlib.util
+    import sys
+
+    script = tmp_path / "loaded_script.py"
+    script.write_text("def work(x):\n    return x + 1\n")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+    spec = importlib.util.spec_from_file_location("loaded_script", script)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "loaded_script", module)
+    spec.loader.exec_module(module)
+    with make_pool(2, import_paths=[str(tmp_path)]) as pool:
+        assert [pool.submit(module.work, n).result() for n in (1, 2)] == [2, 3]
