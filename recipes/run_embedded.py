@@ -462,7 +462,9 @@ def print_report(args, job: SigmaJob, rows: dict) -> tuple[list, list]:
     by_type, types_table = [], ""
     if job.embedded:
         types = caption_types_by_position([len(c) for c in test["captions"]], TINY_SHAPES_CAPTION_TYPES)
-        by_type = caption_type_rows(rows, [TWO_TOWER, TWO_TOWER_PSEUDO, SIGMA, PAPER], types)
+        tags = [f" (seed {seed})" for seed in range(args.seeds)] if args.seeds > 1 else [""]
+        systems = [TWO_TOWER, *(name + tag for tag in tags for name in (TWO_TOWER_PSEUDO, SIGMA, PAPER))]
+        by_type = caption_type_rows(rows, systems, types)
         types_table = f"\n\nRecall@K by caption type (test captions, %):\n{format_caption_types(by_type)}"
     name = "TinyShapes" if job.embedded else f"{args.corpus} (prepared as {job.corpus})"
     unseen = len(corpus["unseen"]) if "unseen" in corpus else 0
