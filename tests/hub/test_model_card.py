@@ -79,9 +79,11 @@ def test_measured_tables_match_results_json(card):
         results = json.load(handle)
     measured = section(card.text, "Measured: embedded default (TinyShapes, CPU)")
     block = measured.split("<!-- benchmarks:start -->", 1)[1].split("<!-- benchmarks:end -->", 1)[0]
+    quality = block.split("#### Quality", 1)[1].split("#### Efficiency", 1)[0].strip()
+    recall_table = quality.split("\n\n", 1)[0]  # then the differences and the caption-type tables
     rows = [
         [cell.strip() for cell in line.strip().strip("|").split("|")]
-        for line in block.split("#### Efficiency", 1)[0].splitlines()
+        for line in recall_table.splitlines()
         if line.startswith("| ") and not line.startswith("| system")
     ]
     expected = [
@@ -90,8 +92,10 @@ def test_measured_tables_match_results_json(card):
         for row in results["quality"]["rows"]
     ]  # fmt: skip
     assert rows == expected and len(rows) >= 15  # SIGMA-tiny, baseline, open set and ablations, ± re-ranking
-    systems = {row[0] for row in rows}
+    systems = {re.sub(r" \(seed \d+\)$", "", row[0]) for row in rows}  # make bench trains two seeds
     assert {"two-tower (tiny CLIP + faiss)", "SIGMA-tiny", "random identifiers (codes shuffled)"} <= systems
+    if results["quality"].get("differences"):
+        assert "| difference (paired bootstrap over images, 95 % interval) |" in quality
 
 
 def test_paper_table_is_labelled_and_separate(card):
