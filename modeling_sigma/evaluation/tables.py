@@ -99,9 +99,8 @@ def pooled_comparison_rows(
     if not runs:
         return []
     count = min(len(groups), *(len(run["ranks"]) for seeds in runs.values() for run in seeds))
-    names = {
-        name: name + label if name + tags[0] in results else name for name in runs
-    }  # baselines keep theirs
+    # a system trained per seed is renamed; a baseline trained once keeps its name
+    names = {name: name + label if name + tags[0] in results else name for name in runs}
     pooled = {
         names[name]: {"ranks": [r for run in seeds for r in run["ranks"][:count]]}
         for name, seeds in runs.items()
