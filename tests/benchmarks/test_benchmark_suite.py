@@ -175,8 +175,9 @@ def test_the_suite_registers_run_embedded_so_its_steps_can_go_to_worker_processe
 
 def test_part_times_take_the_quality_wall_time_not_the_sum_of_overlapping_steps():
     quality = {"seconds": {"stages 0–2": 600.0, "stage 3": 900.0}, "wall_time_s": 720.0}
-    assert "quality 12 min, efficiency 10 min" in run_suite._part_times(
-        {"quality": quality, "efficiency": {"seconds": 600.0}}
-    )[1]
+    assert (
+        "quality 12 min, efficiency 10 min"
+        in run_suite._part_times({"quality": quality, "efficiency": {"seconds": 600.0}})[1]
+    )
     del quality["wall_time_s"]  # a report written before the wall time was kept: the sum
     assert "quality 25 min" in run_suite._part_times({"quality": quality})[1]
