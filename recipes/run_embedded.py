@@ -305,6 +305,11 @@ def seed_flags(seed: int) -> tuple[dict, list[str]]:
     return {stage: ["--seed", str(seed)] for stage in ("stage1", "stage2", "stage3")}, ["--seed", str(seed)]
 
 
+def seed_tag(seed: int, seeds: int) -> str:
+    """What the row names of seed `seed` end in when `seeds` seeds run (nothing when there is one)."""
+    return f" (seed {seed})" if seeds > 1 else ""
+
+
 def merge_flags(*flag_sets: dict) -> dict:
     merged = {}
     for flags in flag_sets:
@@ -316,7 +321,7 @@ def merge_flags(*flag_sets: dict) -> dict:
 def run_seed(args, job: SigmaJob, seed: int, pool, timings: dict) -> dict[str, dict]:
     """The rows of one seed, as a graph of steps on `pool`: stages 0–2 beside the pseudo-query captioner, then
     the two stage-3 models (with and without pseudo-queries) side by side, then the open-set rows."""
-    tag = f" (seed {seed})" if args.seeds > 1 else ""
+    tag = seed_tag(seed, args.seeds)
     root = args.output_dir if seed == 0 else os.path.join(args.output_dir, f"seed-{seed}")
     stage_flags, stage0_flags = seed_flags(seed)
     common = (job, root, stage_flags, stage0_flags, args.smoke, args.reuse)
@@ -368,7 +373,7 @@ def run_systems(args, job: SigmaJob, timings: dict) -> dict[str, dict]:
             rows.update(run_seed(args, job, seed, pool, timings))
         ablations = {}
         for seed in range(args.seeds) if args.ablations else ():
-            tag = f" (seed {seed})" if args.seeds > 1 else ""
+            tag = seed_tag(seed, args.seeds)
             root = args.output_dir if seed == 0 else os.path.join(args.output_dir, f"seed-{seed}")
             stage_flags, stage0_flags = seed_flags(seed)
             for number, (name, (flags, stage0)) in enumerate(ABLATIONS.items()):
@@ -393,7 +398,7 @@ def comparisons(seeds: int, ablations: bool) -> list[tuple[str, str]]:
     against the two-tower, pseudo-queries' contribution, and each ablation against the full system."""
     pairs = []
     for seed in range(seeds):
-        tag = f" (seed {seed})" if seeds > 1 else ""
+        tag = seed_tag(seed, seeds)
         pairs += [
             (SIGMA + tag, TWO_TOWER),
             (SIGMA + tag, TWO_TOWER_PSEUDO + tag),
@@ -456,13 +461,12 @@ def print_report(args, job: SigmaJob, rows: dict) -> tuple[list, list]:
     test = corpus["test"]
     _, owners = caption_pairs(test)
     differences = comparison_rows(rows, comparisons(args.seeds, args.ablations), owners)
+    tags = [seed_tag(seed, args.seeds) for seed in range(args.seeds)]
     if args.seeds > 1:  # every claim once more with the seeds pooled: the mean difference over seeds
-        tags = [f" (seed {seed})" for seed in range(args.seeds)]
         differences += pooled_comparison_rows(rows, comparisons(1, args.ablations), owners, tags)
     by_type, types_table = [], ""
     if job.embedded:
         types = caption_types_by_position([len(c) for c in test["captions"]], TINY_SHAPES_CAPTION_TYPES)
-        tags = [f" (seed {seed})" for seed in range(args.seeds)] if args.seeds > 1 else [""]
         systems = [TWO_TOWER, *(name + tag for tag in tags for name in (TWO_TOWER_PSEUDO, SIGMA, PAPER))]
         by_type = caption_type_rows(rows, systems, types)
         types_table = f"\n\nRecall@K by caption type (test captions, %):\n{format_caption_types(by_type)}"
