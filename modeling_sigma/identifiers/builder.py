@@ -130,7 +130,10 @@ class SigmaIdentifierBuilder:
         if len(data) < self.config.k1:
             raise ValueError(f"fit needs at least k1={self.config.k1} images, got {len(data)}; lower k1")
         if data.shape[1] % self.config.num_subspaces:
-            raise ValueError(f"feature dim {data.shape[1]} not divisible by num_subspaces")
+            raise ValueError(
+                f"feature dim {data.shape[1]} is not divisible by num_subspaces={self.config.num_subspaces}; "
+                "set stage0.num_subspaces to a divisor of it (1 always works)"
+            )
         self.quantizer = {"centroids": self._fit_kmeans(data, self.config.k1, self.config.seed)}
         level1 = self._nearest_centroid(data)
         level2, level3 = self._fit_semi_nmf_levels(data, level1)

@@ -85,7 +85,10 @@ def corpus_config(base: dict, corpus: str, sizes: dict[str, int], output_root: s
 def describe_settings(config: dict) -> str:
     """The values `corpus_config` chose, one line, for the job to print."""
     stage0 = config["stage0"]
-    layout = "/".join(str(stage0[k]) for k in ("k1", "k2", "k3", "k4")) + f", suffix {stage0['suffix_size']}"
+    layout = "/".join(str(stage0[k]) for k in ("k1", "k2", "k3", "k4"))
+    if stage0.get("num_subspaces", 1) > 1:
+        layout += f" (id4 in {stage0['num_subspaces']} subspaces)"
+    layout += f", suffix {stage0['suffix_size']}"
     epochs = ", ".join(f"{stage} {config[stage]['num_train_epochs']}" for stage in STAGES[1:4])
     batch = config["stage1"]["per_device_train_batch_size"]
     return f"identifier layout K1..K4 {layout}; epochs {epochs}; batch {batch}; encoder {stage0['encoder']}"

@@ -73,6 +73,8 @@ def test_the_config_points_every_stage_at_the_corpus_and_the_run_folder(base, tm
     with open(path) as stream:
         assert yaml.safe_load(stream) == config
     assert "K1..K4 27/32/16/32" in describe_settings(config)
+    config["stage0"]["num_subspaces"] = 4
+    assert "K1..K4 27/32/16/32 (id4 in 4 subspaces), suffix" in describe_settings(config)
 
 
 def test_corpus_options_and_names():
