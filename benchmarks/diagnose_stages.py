@@ -1,8 +1,9 @@
-"""Three diagnostics of what limits SIGMA-tiny (issue 16), on the embedded TinyShapes corpus.
+"""Four diagnostics of what limits SIGMA-tiny (issue 16), on the embedded TinyShapes corpus.
 
     python benchmarks/diagnose_stages.py memorisation outputs/tiny-shapes/stage1
     python benchmarks/diagnose_stages.py captioner --patch-size 8 --epochs 6 --temperatures 1.0 0.5
     python benchmarks/diagnose_stages.py prefixes outputs/tiny-shapes/stage3-paper outputs/tiny-shapes/stage3
+    python benchmarks/diagnose_stages.py compare results/embedded-m4.json results/embedded.json
 
 `memorisation`: a stage-1 (or later) checkpoint writes levels 1..L-1 for 500 train and 500 test images
 (greedy, as open-set indexing does); prints the share equal to their stage-0 prefix, whole and per level.
@@ -17,6 +18,10 @@ of queries whose top-1 (and best of the top 10) shares the first j levels of the
 (j = 1 … L, the stage-0 codes of the first checkpoint's index; L: the whole identifier, i.e. Recall@1 / @10).
 A system that loses at level 1 misses the coarse cluster; one that loses only at the suffix found the right
 prefix and picked the wrong image inside it.
+
+`compare`: two runs of the end-to-end job on the same test captions (a lever on, then off): for every system the
+two results files share, the paired bootstrap of A − B (the captions of an image resampled together, as the
+job's own differences; `--corpus`: the corpus both ran on, for the owner of each caption).
 """
 
 from __future__ import annotations
@@ -130,6 +135,29 @@ def prefixes(checkpoints: list[str], cache_dir: str, k: int = 10) -> dict:
     return report
 
 
+def compare(file_a: str, file_b: str, corpus: str, cache_dir: str) -> list[dict]:
+    from modeling_sigma.data.corpus import caption_pairs
+    from modeling_sigma.evaluation.tables import comparison_rows
+
+    runs = []
+    for path in (file_a, file_b):
+        with open(path) as stream:
+            runs.append(json.load(stream)["results"])
+    _, owners = caption_pairs(load_corpus(corpus, cache_dir=cache_dir)["test"])
+    shared = [name for name in runs[0] if "ranks" in runs[0][name] and "ranks" in runs[1].get(name, {})]
+    for name in shared:
+        for run, path in zip(runs, (file_a, file_b)):
+            if len(run[name]["ranks"]) != len(owners):
+                raise ValueError(
+                    f"{path}: {name!r} ranks {len(run[name]['ranks'])} queries, the test split of {corpus!r} "
+                    f"has {len(owners)} captions; compare runs on the corpus they were made on (--corpus)"
+                )
+    merged = {f"{name} (A)": runs[0][name] for name in shared} | {
+        f"{name} (B)": runs[1][name] for name in shared
+    }
+    return comparison_rows(merged, [(f"{name} (A)", f"{name} (B)") for name in shared], owners)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -146,10 +174,26 @@ def main(argv=None) -> None:
     caption.add_argument("--temperatures", type=float, nargs="+", default=[1.0])
     levels = commands.add_parser("prefixes", help="how many identifier levels the retrieved images share")
     levels.add_argument("checkpoints", nargs="+", help="stage-3 checkpoints of one stage 0")
+    paired = commands.add_parser("compare", help="paired bootstrap of two runs' results files, A − B")
+    paired.add_argument("results_a")
+    paired.add_argument("results_b")
+    paired.add_argument("--corpus", default="tiny-shapes", help="the corpus both runs evaluated on")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.command == "memorisation":
         print(json.dumps({"checkpoint": args.checkpoint, **memorisation(args.checkpoint, args.cache_dir)}))
+    elif args.command == "compare":
+        rows = compare(args.results_a, args.results_b, args.corpus, args.cache_dir)
+        print(f"A = {args.results_a}, B = {args.results_b}; A − B, paired bootstrap over images, 95 %")
+        for row in rows:
+            cells = "  ".join(
+                f"R@{k} {row[f'R@{k}']['difference']:+.1f} [{row[f'R@{k}']['low']:+.1f}, {row[f'R@{k}']['high']:+.1f}]"
+                for k in (1, 5, 10)
+            )
+            print(f"  {row['a'][: -len(' (A)')]}: {cells}")
+        print(
+            json.dumps({"a": args.results_a, "b": args.results_b, "corpus": args.corpus, "differences": rows})
+        )
     elif args.command == "prefixes":
         report = prefixes(args.checkpoints, args.cache_dir)
         for system, table in report.items():

@@ -203,7 +203,9 @@ def test_bad_inputs():
         builder.assign(features, ids(60))
     with pytest.raises(ValueError, match="suffix_size=2"):
         SigmaIdentifierBuilder(tiny_config(suffix_size=2)).fit(np.repeat(features[:6], 10, axis=0), ids(60))
-    with pytest.raises(ValueError, match=f"feature dim {features.shape[1]} is not divisible by num_subspaces=7"):
+    with pytest.raises(
+        ValueError, match=f"feature dim {features.shape[1]} is not divisible by num_subspaces=7"
+    ):
         SigmaIdentifierBuilder(tiny_config(num_subspaces=7)).fit(features, ids(60))
 
 
