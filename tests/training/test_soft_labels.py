@@ -1,6 +1,5 @@
 """Stage-3 soft labels at real sizes: the reranker's bare-float reply, its device, chunked decoding, the cache."""
 
-import os
 import threading
 import time
 
@@ -121,8 +120,10 @@ def test_other_ranks_wait_for_the_main_process_file(tmp_path, monkeypatch):
 
     def main_process_writes():
         time.sleep(0.3)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        np.save(path, np.full(15, 0.5, np.float32))
+        # as `_write_scores` writes: whole or not at all (a plain np.save to the path could be read half-written,
+        # which made this test fail now and then)
+        with soft_labels.atomic_file(path) as stream:
+            np.save(stream, np.full(15, 0.5, np.float32))
 
     writer = threading.Thread(target=main_process_writes)
     writer.start()
