@@ -310,6 +310,11 @@ def seed_tag(seed: int, seeds: int) -> str:
     return f" (seed {seed})" if seeds > 1 else ""
 
 
+def seed_root(output_dir: str, seed: int) -> str:
+    """The folder of seed `seed`'s checkpoints: `output_dir` itself for seed 0, `output_dir/seed-<s>` after it."""
+    return output_dir if seed == 0 else os.path.join(output_dir, f"seed-{seed}")
+
+
 def merge_flags(*flag_sets: dict) -> dict:
     merged = {}
     for flags in flag_sets:
@@ -322,7 +327,7 @@ def run_seed(args, job: SigmaJob, seed: int, pool, timings: dict) -> dict[str, d
     """The rows of one seed, as a graph of steps on `pool`: stages 0–2 beside the pseudo-query captioner, then
     the two stage-3 models (with and without pseudo-queries) side by side, then the open-set rows."""
     tag = seed_tag(seed, args.seeds)
-    root = args.output_dir if seed == 0 else os.path.join(args.output_dir, f"seed-{seed}")
+    root = seed_root(args.output_dir, seed)
     stage_flags, stage0_flags = seed_flags(seed)
     common = (job, root, stage_flags, stage0_flags, args.smoke, args.reuse)
     lap = time.time()
@@ -374,7 +379,7 @@ def run_systems(args, job: SigmaJob, timings: dict) -> dict[str, dict]:
         ablations = {}
         for seed in range(args.seeds) if args.ablations else ():
             tag = seed_tag(seed, args.seeds)
-            root = args.output_dir if seed == 0 else os.path.join(args.output_dir, f"seed-{seed}")
+            root = seed_root(args.output_dir, seed)
             stage_flags, stage0_flags = seed_flags(seed)
             for number, (name, (flags, stage0)) in enumerate(ABLATIONS.items()):
                 ablations[name + tag] = pool.submit(
