@@ -10,6 +10,8 @@ adds the identifier tokens, and saves a `SigmaForRetrieval` checkpoint to `outpu
 
 from __future__ import annotations
 
+from transformers import set_seed
+
 from modeling_sigma.data.corpus import get_split
 from modeling_sigma.training import arguments as stage
 from modeling_sigma.training.backbone import build_sigma_model
@@ -36,6 +38,7 @@ def main(script_args: stage.SigmaStageArguments, training_args) -> dict:
 
     # ----- model -----
     captions = [c for image_captions in get_split(corpus, "train")["captions"] for c in image_captions]
+    set_seed(training_args.seed)  # new weights: identifier embeddings, similarity head, an embedded backbone
     model, processor = build_sigma_model(
         script_args.model_name_or_path or "embedded",
         layout=layout,

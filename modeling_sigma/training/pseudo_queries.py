@@ -75,6 +75,7 @@ def train_embedded_captioner(
     train: datasets.Dataset, cache_dir: str, config: SigmaCaptionerConfig | None = None
 ) -> str:
     """The folder of a tiny captioner trained on `train`'s image → caption pairs (trained once per key)."""
+    from transformers import set_seed
     from trl import SFTConfig
 
     from modeling_sigma.training.backbone import build_sigma_model
@@ -86,6 +87,7 @@ def train_embedded_captioner(
         logger.info("reusing the embedded captioner in %s", folder)
         return folder
     captions = [caption for image_captions in train["captions"] for caption in image_captions]
+    set_seed(config.seed)  # its initial weights: without it every run trains another captioner
     model, processor = build_sigma_model(
         "embedded",
         captions=captions,

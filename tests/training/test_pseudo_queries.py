@@ -66,6 +66,20 @@ def test_caption_images_samples_distinct_captions_per_image(tiny_corpus, caption
     assert not any("<id" in caption for captions in first for caption in captions)  # an untrained model too
 
 
+def test_the_embedded_captioner_is_the_same_for_the_same_seed(tiny_corpus, tmp_path):
+    from modeling_sigma.modeling.modeling_sigma import SigmaForRetrieval
+
+    def trained(cache, draw, seed=0):
+        torch.manual_seed(draw)  # what the process drew before must not matter
+        config = SigmaCaptionerConfig(epochs=0.2, seed=seed)
+        folder = pseudo_queries.train_embedded_captioner(tiny_corpus["train"], str(tmp_path / cache), config)
+        return SigmaForRetrieval.from_pretrained(folder).state_dict()
+
+    first, again, other = trained("a", 1), trained("b", 2), trained("c", 1, seed=1)
+    assert all(torch.equal(first[name], again[name]) for name in first)
+    assert not all(torch.equal(first[name], other[name]) for name in first)
+
+
 def test_pseudo_query_split_replaces_the_captions(tiny_corpus):
     test = tiny_corpus["test"]
     ids = test["image_id"]

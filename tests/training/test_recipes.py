@@ -129,6 +129,37 @@ def test_stage3_stores_soft_labels_and_uses_the_joint_loss(workspace):
     assert len(set(scores)) > 1  # graded, not hard labels
 
 
+def state_dict_of(folder):
+    from modeling_sigma.modeling.modeling_sigma import SigmaForRetrieval
+
+    return SigmaForRetrieval.from_pretrained(str(folder)).state_dict()
+
+
+def test_stage1_starts_from_weights_its_seed_fixes(workspace, tmp_path):
+    """The identifier embeddings, similarity head and embedded backbone stage 1 creates come from `seed`, not from
+    whatever the process drew before (the tiny CLIP's training did that by chance in the end-to-end job)."""
+    weights = []
+    for number, draw in enumerate((1, 2)):
+        torch.manual_seed(draw)
+        folder = tmp_path / f"stage1-{number}"
+        run("stage1", workspace["config"], "--output_dir", str(folder), "--max_steps", "1")
+        weights.append(state_dict_of(folder))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    run(
+        "stage1",
+        workspace["config"],
+        "--output_dir",
+        str(tmp_path / "seed-1"),
+        "--max_steps",
+        "1",
+        "--seed",
+        "1",
+    )
+    other = state_dict_of(tmp_path / "seed-1")
+    assert not all(torch.equal(weights[0][name], other[name]) for name in other)
+
+
 def test_unknown_config_key_is_named(workspace, tmp_path):
     config = write_config(workspace, tmp_path / "bad.yaml", stage3={"learning_rat": 1e-3})
     with pytest.raises(ValueError, match="unknown key.*learning_rat"):
