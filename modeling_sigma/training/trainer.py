@@ -14,6 +14,7 @@ from trl import SFTTrainer
 from modeling_sigma.modeling.fused_projections import clear_fused_weights
 from modeling_sigma.training.collator import IGNORE_INDEX, SigmaCollator
 from modeling_sigma.training.examples import to_dataset
+from modeling_sigma.training.job_pool import share_cores
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,14 @@ class SigmaProgressCallback(TrainerCallback):
             f"{self.name}: step {step}/{max_steps} ({100 * step / max(1, max_steps):.0f}%), "
             f"{per_step:.2f} s/step, about {format_duration(left)} left"
         )
+
+
+class SigmaCoreShareCallback(TrainerCallback):
+    """Before each optimiser step, takes the cores the other steps of the end-to-end job leave free
+    (`job_pool.share_cores`; nothing outside a pool worker)."""
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        share_cores()
 
 
 def format_duration(seconds: float) -> str:
@@ -150,6 +159,7 @@ def train_and_save(
         data_collator=collator,
         processing_class=processor.tokenizer,
         peft_config=peft_config,
+        callbacks=[SigmaCoreShareCallback()],
     )
     if training_args.disable_tqdm:  # no bar: log the progress instead
         name = training_args.run_name or os.path.basename(os.path.normpath(training_args.output_dir))

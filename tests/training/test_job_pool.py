@@ -63,3 +63,66 @@ def test_workers_reach_a_script_loaded_by_path_from_another_folder(tmp_path, mon
     spec.loader.exec_module(module)
     with make_pool(2, import_paths=[str(tmp_path)]) as pool:
         assert [pool.submit(module.work, n).result() for n in (1, 2)] == [2, 3]
+
+
+SHARING_SCRIPT = """
+import time
+
+from modeling_sigma.training import job_pool
+
+
+def alone_at_the_end(started, checked, release):
+    started.set()
+    checked.wait(30)  # the other step has run beside this one
+    beside = job_pool.share_cores()
+    release.wait(30)  # the other step has ended
+    job_pool.SHARE_GRACE_S = 0.2
+    at_once = job_pool.share_cores()
+    time.sleep(0.3)
+    return beside, at_once, job_pool.share_cores()
+
+
+def beside_it(started, checked):
+    started.wait(30)
+    threads = job_pool.share_cores()
+    checked.set()
+    return threads
+"""
+
+
+def test_a_step_left_alone_takes_the_free_cores_after_a_grace(tmp_path, monkeypatch):
+    import multiprocessing
+
+    (tmp_path / "sharing_script.py").write_text(SHARING_SCRIPT)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+    monkeypatch.setattr("modeling_sigma.training.job_pool.available_cores", lambda: 4)
+    import sharing_script
+
+    with multiprocessing.get_context("spawn").Manager() as manager:
+        started, checked, release = manager.Event(), manager.Event(), manager.Event()
+        with make_pool(2, import_paths=[str(tmp_path)]) as pool:
+            alone = pool.submit(timed_call, sharing_script.alone_at_the_end, started, checked, release)
+            beside = pool.submit(timed_call, sharing_script.beside_it, started, checked)
+            assert beside.result()[0] == 2  # 4 cores, 2 steps running
+            release.set()
+            (threads_beside, threads_at_once, threads_later), _ = alone.result()
+    assert (threads_beside, threads_at_once, threads_later) == (2, 2, 4)
+
+
+def test_no_sharing_outside_a_pool_or_when_the_user_set_the_threads(tmp_path, monkeypatch):
+    from modeling_sigma.training.job_pool import share_cores
+
+    assert share_cores() is None  # the calling process
+    (tmp_path / "fixed_script.py").write_text(
+        "from modeling_sigma.training.job_pool import share_cores\n\ndef work():\n    return share_cores()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+    import fixed_script
+
+    with make_pool(2, import_paths=[str(tmp_path)]) as pool:
+        assert pool.submit(timed_call, fixed_script.work).result()[0] is None
