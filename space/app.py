@@ -41,16 +41,18 @@ INTRO = """# SIGMA — generative text-to-image retrieval
 The model reads a description and *writes* the identifier of the matching image, token by token, under a trie
 of the indexed identifiers (Huang et al., Findings of ACL 2026). **Search** finds images, **Decode** asks the
 model what an identifier means, **Add** indexes a new image without retraining."""
-# TinyShapes test captions (never trained on) whose top hit is their image in the `make e2e` model, and whose
-# other hits share colours, shapes and background (space/screenshot.py shows the first one in docs/space.png)
+# Two TinyShapes test captions (never trained on) whose top hit among the 2,500 indexed images is their image in
+# the `make e2e` model of 613379b, the other hits sharing colours, shapes and background, and a partial query whose
+# five hits are red circles and squares on grass (space/screenshot.py shows the first one in docs/space.png)
 EXAMPLE_QUERY = (
-    "a large orange square at the center and a small black circle at the right and a large black diamond at the "
-    "bottom on a sky background"
+    "a large blue cross at the center and a small purple diamond at the bottom and a large black cross at the left "
+    "on a gray background"
 )
 EXAMPLE_QUERIES = [
     EXAMPLE_QUERY,
-    "a small green star at the right and a large purple cross at the top on a gray background",
-    "a large purple diamond on a gray background",
+    "a small red cross at the right and a large red triangle at the bottom and a small black star at the top on a "
+    "grass background",
+    "a red circle on a grass background",
 ]  # TinyShapes; SIGMA_EXAMPLES: yours
 
 
