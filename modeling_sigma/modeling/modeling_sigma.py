@@ -23,6 +23,8 @@ from .trie import SigmaTrieLogitsProcessor
 
 logger = logging.getLogger(__name__)
 
+IGNORE_INDEX = -100  # labels of prompt and padding positions (transformers' convention)
+
 # the pickle index of checkpoints saved before `SigmaIndex` (read with `weights_only=True`, never written)
 LEGACY_INDEX_FILES = ("sigma_index.pt", "sigma_index.json")
 
@@ -37,8 +39,11 @@ class SigmaRetrievalOutput(ModelOutput):
     r"""
     loss (`torch.FloatTensor` of shape `(1,)`, *optional*):
         `gen_loss + lambda_ssp * similarity_loss` (just `gen_loss` without similarity labels or with `lambda_ssp=0`).
-    logits (`torch.FloatTensor` of shape `(batch, seq, vocab)`):
-        Language-model logits.
+    logits (`torch.FloatTensor` of shape `(batch, seq, vocab)`, *optional*):
+        Language-model logits (`None` with `logits_at_labels=True`).
+    label_logits (`torch.FloatTensor` of shape `(num_labels, vocab)`, *optional*):
+        With `logits_at_labels=True`: the logits of the positions that predict a label, row by row in reading
+        order (those of `labels[:, 1:] != -100`).
     similarity (`torch.FloatTensor` of shape `(batch,)`, *optional*):
         Similarity-head output in `[0, 1]`, from the mean last-layer state of the identifier tokens of each row.
     gen_loss (`torch.FloatTensor`, *optional*):
@@ -51,6 +56,7 @@ class SigmaRetrievalOutput(ModelOutput):
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
+    label_logits: torch.FloatTensor | None = None
     similarity: torch.FloatTensor | None = None
     gen_loss: torch.FloatTensor | None = None
     similarity_loss: torch.FloatTensor | None = None
@@ -158,11 +164,16 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
         past_key_values=None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
+        logits_at_labels: bool = False,
         **kwargs,
     ) -> SigmaRetrievalOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch, seq)`, *optional*):
             Language-modelling targets (`-100` is ignored); shifted inside the loss like any causal LM.
+        logits_at_labels (`bool`, *optional*, defaults to `False`):
+            With `labels`: apply the LM head only where a label is predicted and return those logits as
+            `label_logits` (same loss). Training asks for it: the answer is a few tokens of a long prompt, and
+            `(batch, seq, vocab)` logits in fp32 are most of the activation memory with a 151k-token vocabulary.
         similarity_labels (`torch.FloatTensor` of shape `(batch,)`, *optional*):
             Teacher similarity scores in `[0, 1]` (semantic soft labels, eq. 7); `NaN` rows are ignored.
         """
@@ -194,11 +205,14 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state  # (batch, seq, dim)
-        logits = self.backbone.lm_head(hidden_states)  # (batch, seq, vocab)
-        gen_loss = None
-        if labels is not None:
-            vocab_size = self.config.backbone_config.text_config.vocab_size
-            gen_loss = self.backbone.loss_function(logits=logits, labels=labels, vocab_size=vocab_size)
+        logits = label_logits = gen_loss = None
+        if labels is not None and logits_at_labels:
+            label_logits, gen_loss = self._label_logits_and_loss(hidden_states, labels)
+        else:
+            logits = self.backbone.lm_head(hidden_states)  # (batch, seq, vocab)
+            if labels is not None:
+                vocab_size = self.config.backbone_config.text_config.vocab_size
+                gen_loss = self.backbone.loss_function(logits=logits, labels=labels, vocab_size=vocab_size)
         similarity = similarity_loss = None
         if input_ids is not None:
             pooled = self.pool_identifier_states(hidden_states, input_ids, attention_mask)  # (batch, dim)
@@ -211,11 +225,21 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
         return SigmaRetrievalOutput(
             loss=loss,
             logits=logits,
+            label_logits=label_logits,
             similarity=similarity,
             gen_loss=gen_loss,
             similarity_loss=similarity_loss,
             **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
         )
+
+    def _label_logits_and_loss(self, hidden_states, labels):
+        """LM-head logits of the positions that predict a label, and their mean cross-entropy (the causal-LM
+        loss of the full logits: the other positions carry no label)."""
+        targets = labels[:, 1:]  # (batch, seq - 1)
+        predicting = targets != IGNORE_INDEX  # (batch, seq - 1)
+        label_logits = self.backbone.lm_head(hidden_states[:, :-1][predicting])  # (num_labels, vocab)
+        gen_loss = nn.functional.cross_entropy(label_logits.float(), targets[predicting])
+        return label_logits, gen_loss
 
     def _similarity_loss(self, similarity, similarity_labels, input_ids, attention_mask):
         targets = similarity_labels.to(similarity.dtype).view(-1)  # (batch,)

@@ -8,7 +8,7 @@ from sigma_testing_utils import build_tiny_model
 from transformers import Trainer, TrainingArguments
 from trl import SFTConfig
 
-from modeling_sigma.training.collator import SigmaCollator
+from modeling_sigma.training.collator import SigmaCollator, SigmaEncodingCache
 from modeling_sigma.training.examples import (
     comprehension_examples,
     memorization_examples,
@@ -127,6 +127,67 @@ def test_examples_hold_no_images_and_the_collator_decodes_them(tiny_corpus):
     assert batch["image_grid_thw"].shape[0] == 1 and batch["input_ids"].shape[0] == 2
     with pytest.raises(ValueError, match="image_sources"):
         SigmaCollator(processor, model.config)([dataset[0]])
+
+
+def test_cached_prompts_give_the_batches_an_uncached_collator_gives(tiny_corpus):
+    """Each image's captions come back every epoch: the second time the prompt (pixels included) is read from the
+    cache, and every tensor of the batch is the same as without one."""
+    model, processor, _, _ = build_tiny_model()
+    train = tiny_corpus["train"].select(range(4))
+    identifiers = {image_id: "<id1_0><id2_0><id3_0><id4_0><id5_0>" for image_id in train["image_id"]}
+    examples = memorization_examples([train], identifiers) + comprehension_examples(train, identifiers)
+    examples += [{"task": "caption", "image_source": 0, "image_row": 1, "answer": "a red circle"}]
+    examples += alignment_rows(model, count=2)
+    cached = SigmaCollator(processor, model.config, image_sources=[train])
+    plain = SigmaCollator(processor, model.config, image_sources=[train], cache_bytes=0)
+    for _ in range(2):  # two epochs: filled, then read
+        for start in range(0, len(examples), 3):
+            batch, reference = cached(examples[start : start + 3]), plain(examples[start : start + 3])
+            assert batch.keys() == reference.keys()
+            for key in batch:  # similarity_labels are NaN where a row has no soft label
+                torch.testing.assert_close(batch[key], reference[key], rtol=0, atol=0, equal_nan=True)
+    assert len(cached.prompts) == len(
+        {(e["task"], str(e.get("image_row") or e.get("query"))) for e in examples}
+    )
+    assert len(plain.prompts) == 0
+
+
+def test_the_encoding_cache_drops_the_least_recently_used_beyond_its_budget():
+    cache = SigmaEncodingCache(max_bytes=10)
+    cache.put("a", 1, size=4)
+    cache.put("b", 2, size=4)
+    assert cache.get("a") == 1  # now the most recently used
+    cache.put("c", 3, size=4)  # 12 bytes > 10: "b" goes
+    assert (cache.get("a"), cache.get("b"), cache.get("c")) == (1, None, 3) and cache.bytes == 8
+    cache.put("huge", 4, size=11)  # larger than the whole budget: never kept
+    assert cache.get("huge") is None and len(cache) == 2
+
+
+def test_logits_at_labels_give_the_full_logits_loss_and_gradients(tiny_corpus):
+    """Training applies the LM head only where a label is predicted: the loss, its gradient and the label rows'
+    logits are those of the full `(batch, seq, vocab)` logits."""
+    model, processor, _, _ = build_tiny_model(seed=0)
+    train = tiny_corpus["train"].select(range(2))
+    identifiers = {image_id: "<id1_1><id2_0><id3_2><id4_0><id5_1>" for image_id in train["image_id"]}
+    examples = memorization_examples([train], identifiers) + alignment_rows(model, count=3)
+    batch = SigmaCollator(processor, model.config, image_sources=[train])(examples)
+
+    def loss_and_gradients(**flags):
+        model.zero_grad()
+        outputs = model(**batch, **flags)
+        outputs.loss.backward()
+        return outputs, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    full, full_gradients = loss_and_gradients()
+    at_labels, gradients = loss_and_gradients(logits_at_labels=True)
+    assert full.label_logits is None and at_labels.logits is None
+    predicting = batch["labels"][:, 1:] != -100
+    torch.testing.assert_close(at_labels.label_logits, full.logits[:, :-1][predicting])
+    torch.testing.assert_close(at_labels.gen_loss, full.gen_loss)
+    torch.testing.assert_close(at_labels.loss, full.loss)
+    assert gradients.keys() == full_gradients.keys()
+    for name, gradient in gradients.items():
+        torch.testing.assert_close(gradient, full_gradients[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
 def test_final_save_writes_the_loaded_dtype(tmp_path):
