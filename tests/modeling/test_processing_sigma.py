@@ -27,6 +27,17 @@ def test_identifier_tokens_are_contiguous_single_non_special_tokens(processor_an
     assert tokenizer.convert_tokens_to_ids(LAYOUT.token_strings()) == list(range(offsets[0], offsets[0] + 15))
 
 
+def test_the_embedded_tokenizer_keeps_the_words_of_the_prompts_whole():
+    """Trained on captions alone, the retrieval prompt's fixed text was 40 one- or two-letter tokens."""
+    from modeling_sigma.modeling.configuration_sigma import MEMORIZATION_PROMPT, RETRIEVAL_PROMPT
+
+    text = RETRIEVAL_PROMPT.format(query="a red circle")
+    words = text.replace(":", " :").split()
+    assert len(build_tokenizer(CAPTIONS).tokenize(text)) == len(words)
+    assert len(build_tokenizer(CAPTIONS, prompts=[]).tokenize(text)) > 2 * len(words)
+    assert build_tokenizer(CAPTIONS).tokenize("user\n" + MEMORIZATION_PROMPT)[:3] == ["user", "Ċ", "Generate"]
+
+
 def test_queries_are_left_padded_by_default(processor_and_offsets):
     processor, _ = processor_and_offsets
     batch = processor.process_queries(["red circle", "a much longer query about a green square"])
