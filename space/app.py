@@ -42,10 +42,10 @@ The model reads a description and *writes* the identifier of the matching image,
 of the indexed identifiers (Huang et al., Findings of ACL 2026). **Search** finds images, **Decode** asks the
 model what an identifier means, **Add** indexes a new image without retraining."""
 # Two TinyShapes test captions (never trained on) whose top hit among the 2,500 indexed images is their image in
-# the `make e2e` model of 613379b, the other hits sharing colours, shapes and background, and a partial query whose
-# five hits are red circles and squares on grass (space/screenshot.py shows the first one in docs/space.png)
+# the `make e2e` model of 73c7076, the other hits sharing colours, shapes and background, and a partial query whose
+# hits are red shapes on grass, four of five with a red circle (space/screenshot.py shows the first in docs/space.png)
 EXAMPLE_QUERY = (
-    "a large blue cross at the center and a small purple diamond at the bottom and a large black cross at the left "
+    "a large purple circle at the top and a large blue cross at the right and a small purple diamond at the left "
     "on a gray background"
 )
 EXAMPLE_QUERIES = [
