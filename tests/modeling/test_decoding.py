@@ -66,7 +66,8 @@ def test_exact_mode_with_tied_scores(tiny):
         assert [hit["identifier"] for hit in hits] == smallest
         assert len({hit["score"] for hit in hits}) == 1
         torch.testing.assert_close(hits[0]["score"], reference_hits[0]["score"], atol=1e-5, rtol=1e-5)
-    assert ours == tied.retrieve(QUERIES[:2], k=6, num_beams=8, batch_size=1)
+    # the same order and scores one query at a time (floats to 1e-5: another padding gives other roundings)
+    assert_same_hits(ours, tied.retrieve(QUERIES[:2], k=6, num_beams=8, batch_size=1))
 
 
 def test_restricted_mode_returns_indexed_identifiers(tiny):
