@@ -34,6 +34,14 @@ LEGACY_INDEX_FILES = ("sigma_index.pt", "sigma_index.json")
 CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
+def label_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(predicting, targets)` of a causal LM's `labels`: the `(batch, seq - 1)` mask of positions whose next
+    token is a label, and those labels `(num_labels,)` in reading order (the rows of `label_logits`)."""
+    shifted = labels[:, 1:]  # (batch, seq - 1)
+    predicting = shifted != IGNORE_INDEX
+    return predicting, shifted[predicting]
+
+
 @dataclass
 class SigmaRetrievalOutput(ModelOutput):
     r"""
@@ -235,10 +243,9 @@ class SigmaForRetrieval(SigmaPreTrainedModel):
     def _label_logits_and_loss(self, hidden_states, labels):
         """LM-head logits of the positions that predict a label, and their mean cross-entropy (the causal-LM
         loss of the full logits: the other positions carry no label)."""
-        targets = labels[:, 1:]  # (batch, seq - 1)
-        predicting = targets != IGNORE_INDEX  # (batch, seq - 1)
+        predicting, targets = label_targets(labels)
         label_logits = self.backbone.lm_head(hidden_states[:, :-1][predicting])  # (num_labels, vocab)
-        gen_loss = nn.functional.cross_entropy(label_logits.float(), targets[predicting])
+        gen_loss = nn.functional.cross_entropy(label_logits.float(), targets)
         return label_logits, gen_loss
 
     def _similarity_loss(self, similarity, similarity_labels, input_ids, attention_mask):
@@ -638,4 +645,10 @@ def _length_penalty(generation_config) -> float:
 
 SigmaForRetrieval.register_for_auto_class("AutoModel")
 
-__all__ = ["SigmaForRetrieval", "SigmaPreTrainedModel", "SigmaRetrievalOutput", "SigmaSimilarityHead"]
+__all__ = [
+    "SigmaForRetrieval",
+    "SigmaPreTrainedModel",
+    "SigmaRetrievalOutput",
+    "SigmaSimilarityHead",
+    "label_targets",
+]

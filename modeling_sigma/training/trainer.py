@@ -12,7 +12,8 @@ from transformers import TrainerCallback
 from trl import SFTTrainer
 
 from modeling_sigma.modeling.fused_projections import clear_fused_weights
-from modeling_sigma.training.collator import IGNORE_INDEX, SigmaCollator
+from modeling_sigma.modeling.modeling_sigma import label_targets
+from modeling_sigma.training.collator import SigmaCollator
 from modeling_sigma.training.examples import to_dataset
 from modeling_sigma.training.job_pool import share_cores
 
@@ -83,8 +84,7 @@ class SigmaTrainer(SFTTrainer):
         mode = "train" if model.training else "eval"
         # the LM head only where a label is predicted: same loss, a fraction of the head's time and memory
         outputs = model(**inputs, use_cache=False, logits_at_labels=True)
-        labels = inputs["labels"][:, 1:]
-        targets = labels[labels != IGNORE_INDEX]  # (num_labels,)
+        _, targets = label_targets(inputs["labels"])  # (num_labels,), the rows of label_logits
         correct = (outputs.label_logits.argmax(-1) == targets).sum()
         accuracy = correct / max(1, targets.numel())
         self._metrics[mode]["mean_token_accuracy"].append(accuracy.item())
